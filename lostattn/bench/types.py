@@ -1,0 +1,44 @@
+"""The one sample type every benchmark loader produces and the harness consumes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from PIL import Image
+
+# How a family's answers are scored: "yesno" (accuracy and F1 on "yes"), "mc" (option letter), "short" (normalised
+# exact match), "numeric" (number match with tolerance, else normalised exact match).
+ANSWER_KINDS = ("yesno", "mc", "short", "numeric")
+
+
+@dataclass
+class VQASample:
+    id: str
+    question: str  # the full text shown to the model after the image, prompt suffix included
+    answer: str
+    family: str  # the scoring group: a synthetic family or a real benchmark's category
+    kind: str  # one of ANSWER_KINDS
+    benchmark: str = "synthetic"
+    options: dict[str, str] | None = None  # letter -> option text, for multiple choice
+    image: Image.Image | Callable[[], Image.Image] | str | Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ANSWER_KINDS:
+            raise ValueError(f"sample {self.id}: kind {self.kind!r} is not one of {ANSWER_KINDS}")
+
+    def load_image(self) -> Image.Image | None:
+        """The RGB image, loaded lazily from a path or a factory; None for a text-only sample."""
+        img = self.image
+        if img is None:
+            return None
+        if callable(img):
+            img = img()
+        elif isinstance(img, (str, Path)):
+            path = Path(img)
+            if not path.is_file():
+                raise FileNotFoundError(f"sample {self.id}: image file {path} does not exist")
+            with Image.open(path) as f:
+                img = f.convert("RGB")
+        return img.convert("RGB") if img.mode != "RGB" else img

@@ -1,0 +1,76 @@
+"""One loader for the embedded model and real checkpoints (local folders, or hub ids already in the local cache)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoProcessor
+
+from .adapters import FAMILIES, Adapter, supported_text
+from .embedded import EMBEDDED_NAME
+
+EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "data" / "embedded_model"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: torch.nn.Module
+    processor: object
+    adapter: Adapter
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def resolve(name_or_path: str | Path) -> str:
+    """The embedded model's folder for its name, else the path or hub id as given (after checks)."""
+    s = str(name_or_path)
+    if s == EMBEDDED_NAME:
+        if not (EMBEDDED_DIR / "config.json").is_file():
+            raise FileNotFoundError(
+                f"the embedded model is not at {EMBEDDED_DIR}; train it with `lostattn train --out {EMBEDDED_DIR}`")
+        return str(EMBEDDED_DIR)
+    p = Path(s).expanduser()
+    looks_like_path = s.startswith((".", "/", "~")) or p.exists() or s.count("/") != 1
+    if looks_like_path:
+        if not p.is_dir():
+            raise FileNotFoundError(
+                f"model path {p} does not exist or is not a folder; give '{EMBEDDED_NAME}', a local checkpoint "
+                f"folder, or a hub id in the local cache. Supported model types: {supported_text()}")
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"{p} has no config.json: not a transformers checkpoint folder")
+        return str(p)
+    return s  # a hub id: from_pretrained resolves it from the local cache (HF_HUB_OFFLINE=1 forbids downloads)
+
+
+def load_model(name_or_path: str | Path = EMBEDDED_NAME, device: str = "cpu", dtype: str = "float32",
+               attn_implementation: str = "sdpa") -> LoadedModel:
+    """Load a supported LVLM and its processor; `dtype` is one of float32, float16, bfloat16."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    src = resolve(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(src)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"cannot read a config for {name_or_path!r} (offline={os.environ.get('HF_HUB_OFFLINE', '0')}): {e}. "
+            f"Give a local checkpoint folder; supported model types: {supported_text()}") from e
+    if config.model_type not in FAMILIES:
+        raise ValueError(f"{name_or_path!r} is a {config.model_type!r} model, which is not supported; "
+                         f"supported model types: {supported_text()}")
+    cls = getattr(transformers, FAMILIES[config.model_type].hf_class)
+    model = cls.from_pretrained(src, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+    model.to(device).eval()
+    processor = AutoProcessor.from_pretrained(src)
+    tok = getattr(processor, "tokenizer", None)
+    if tok is not None:
+        tok.padding_side = "left"  # batched generation
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    return LoadedModel(str(name_or_path), model, processor, Adapter(model))

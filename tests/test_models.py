@@ -1,0 +1,71 @@
+"""The embedded model and the loader: offline loading, forward, generate, save/load round trip, errors."""
+import json
+
+import pytest
+import torch
+
+from lostattn.evaluate import generate_batch
+from lostattn.models.adapters import Adapter
+from lostattn.models.loader import EMBEDDED_DIR, load_model
+from lostattn.prompts import prepare_inputs
+
+
+def test_embedded_loads_as_a_real_llava(lm):
+    assert type(lm.model).__name__ == "LlavaForConditionalGeneration"
+    assert lm.adapter.family == "llava"
+    assert lm.model.config.text_config._attn_implementation == "sdpa"
+    assert lm.adapter.text_config.num_key_value_heads < lm.adapter.text_config.num_attention_heads  # GQA covered
+    assert (EMBEDDED_DIR / "model.safetensors").stat().st_size < 20e6
+
+
+def test_forward_shapes_and_visual_tokens(lm, samples):
+    inputs = prepare_inputs(lm, samples[:3])
+    with torch.no_grad():
+        out = lm.model(**inputs)
+    assert out.logits.shape[:2] == inputs["input_ids"].shape
+    assert torch.isfinite(out.logits).all()
+    n_vis = lm.adapter.visual_mask(inputs["input_ids"]).sum(1)
+    assert (n_vis == lm.model.config.image_seq_length).all()
+
+
+def test_generate_answers_the_question(lm, samples):
+    ocr = [s for s in samples if s.family == "ocr"]
+    replies = generate_batch(lm, ocr, max_new_tokens=3)
+    assert [r.strip() for r in replies] == [s.answer for s in ocr]
+
+
+def test_batched_generation_matches_single(lm, samples):
+    batch = samples[:6]
+    together = generate_batch(lm, batch, max_new_tokens=4)
+    alone = [generate_batch(lm, [s], max_new_tokens=4)[0] for s in batch]
+    assert together == alone
+
+
+def test_save_load_round_trip(lm, samples, tmp_path):
+    lm.model.save_pretrained(tmp_path)
+    lm.processor.save_pretrained(tmp_path)
+    again = load_model(str(tmp_path))
+    inputs = prepare_inputs(lm, samples[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(**inputs).logits, lm.model(**inputs).logits, rtol=0, atol=0)
+
+
+def test_loader_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match=r"not supported.*qwen2_5_vl"):
+        load_model(str(tmp_path))
+    with pytest.raises(ValueError, match="dtype"):
+        load_model("embedded", dtype="int8")
+
+
+def test_adapter_rejects_unsupported_models():
+    class Fake(torch.nn.Module):
+        class config:
+            model_type = "mllama"
+
+    with pytest.raises(ValueError, match="unsupported architecture 'mllama'"):
+        Adapter(Fake())
