@@ -26,12 +26,62 @@ from .provenance import provenance
 class TrainConfig:
     seed: int = 0
     epochs: int = 3
-    batch_size: int = 64
-    lr: float = 3e-3
+    batch_size: int = 32
+    lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
     threads: int = 2
-    log_every: int = 25
+    log_every: int = 50
+    # Stage 1 (as LLaVA starts from a pretrained CLIP): the vision tower learns to name each cell's content
+    # (colour, shape, size, colour-shape pair, character) from its patch token, with linear heads dropped after.
+    vision_steps: int = 400
+    vision_lr: float = 2e-3
+
+
+def cell_labels(bench: SyntheticBenchmark, split: str) -> torch.Tensor:
+    """(N, 5, cells) targets per patch token: colour, shape, size, colour-shape pair, character (0 = none)."""
+    from .bench.glyphs import CHARACTERS
+    from .bench.synthetic import COLOURS, SHAPES
+
+    g = bench.cfg.grid
+    combos = [(c, s) for c in COLOURS for s in SHAPES]
+    scenes = bench.scenes[split]
+    lab = torch.zeros(len(scenes), 5, g * g, dtype=torch.long)
+    for n, sc in enumerate(scenes):
+        for o in sc.objects:
+            cell = o.row * g + o.col
+            lab[n, 0, cell] = 1 + list(COLOURS).index(o.colour)
+            lab[n, 1, cell] = 1 + SHAPES.index(o.shape)
+            lab[n, 2, cell] = 1 + (o.size == "large")
+            lab[n, 3, cell] = 1 + combos.index((o.colour, o.shape))
+        lab[n, 4, sc.char_cell[0] * g + sc.char_cell[1]] = 1 + CHARACTERS.index(sc.char)
+    return lab
+
+
+def pretrain_vision(model, pixels: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, progress: bool) -> list:
+    """Stage 1: per-patch classification on the vision tower's feature-layer output."""
+    tower = model.model.vision_tower
+    layer = model.config.vision_feature_layer
+    skip = 1 if model.config.vision_feature_select_strategy == "default" else 0
+    n_classes = [int(labels[:, k].max()) + 1 for k in range(labels.shape[1])]
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    heads = torch.nn.ModuleList(torch.nn.Linear(tower.config.hidden_size, k) for k in n_classes)
+    opt = torch.optim.AdamW(list(tower.parameters()) + list(heads.parameters()), lr=cfg.vision_lr)
+    curve = []
+    t0 = time.perf_counter()
+    tower.train()
+    for step in tqdm(range(cfg.vision_steps), desc="stage 1: vision tower", disable=not progress):
+        rows = torch.randint(len(pixels), (64,), generator=gen)
+        h = tower(pixels[rows], output_hidden_states=True).hidden_states[layer][:, skip:]
+        loss = sum(torch.nn.functional.cross_entropy(hd(h).flatten(0, 1), labels[rows, k].flatten())
+                   for k, hd in enumerate(heads))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % cfg.log_every == 0:
+            curve.append({"stage": "vision", "step": step + 1, "loss": round(loss.item(), 5), "lr": cfg.vision_lr,
+                          "seconds": round(time.perf_counter() - t0, 2)})
+    return curve
 
 
 def encode_split(bench: SyntheticBenchmark, processor, split: str, chunk: int = 1024,
@@ -86,6 +136,8 @@ def train_embedded(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), arch: 
     model, processor = build_embedded(bench, arch, seed=cfg.seed)
     ids, starts, pixels, image_index = encode_split(bench, processor, "train")
     pad = processor.tokenizer.pad_token_id
+    t0 = time.perf_counter()
+    curve = pretrain_vision(model, pixels, cell_labels(bench, "train"), cfg, progress)
     n = len(ids)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -103,11 +155,9 @@ def train_embedded(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), arch: 
 
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
-    curve = []
-    t0 = time.perf_counter()
     step = 0
     running = None
-    bar = tqdm(total=total, desc="train embedded", disable=not progress)
+    bar = tqdm(total=total, desc="stage 2: instruction tuning", disable=not progress)
     for epoch in range(cfg.epochs):
         order = torch.randperm(n, generator=gen).tolist()
         for a in range(0, n, cfg.batch_size):
@@ -115,8 +165,13 @@ def train_embedded(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), arch: 
             input_ids, labels, mask = _collate(ids, starts, rows, pad)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels,
-                         pixel_values=pixels[image_index[rows]]).loss
+            logits = model(input_ids=input_ids, attention_mask=mask,
+                           pixel_values=pixels[image_index[rows]]).logits[:, :-1]
+            target = labels[:, 1:]
+            tok = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), target.flatten(),
+                                                    reduction="none").view(target.shape)
+            # every question weighs the same, whatever its answer's length
+            loss = (tok.sum(1) / (target != -100).sum(1)).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -125,7 +180,7 @@ def train_embedded(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), arch: 
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == total:
-                curve.append({"step": step, "epoch": epoch, "loss": round(running, 5), "lr": lr_at(step - 1),
+                curve.append({"stage": "instruct", "step": step, "loss": round(running, 5), "lr": lr_at(step - 1),
                               "seconds": round(time.perf_counter() - t0, 2)})
                 bar.set_postfix(loss=f"{running:.3f}")
     bar.close()

@@ -54,7 +54,10 @@ class EmbeddedArch:
     # Where the image goes in the prompt. LLaVA puts it first; the embedded model puts it after the question (see
     # the book's "Choices" page): then visual tokens can attend to the question, which a model this small, trained
     # from scratch in minutes, needs in order to bind words to objects.
-    image_first: bool = False
+    image_first: bool = True
+    # Initial weight scale of the decoder. The transformers default (0.02) leaves query-key products so small that
+    # a model trained from scratch sits for thousands of steps before its attention depends on the question.
+    text_init_std: float = 0.02
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,7 +88,7 @@ def build_embedded(bench: SyntheticBenchmark, arch: EmbeddedArch = EmbeddedArch(
     """An untrained embedded model and its processor, initialised deterministically from `seed`."""
     tokenizer = build_tokenizer(bench)
     size = bench.cfg.image_size
-    patch = 8
+    patch = bench.cfg.cell  # one patch per grid cell: 9 visual tokens for the default 3x3 scene
     image_processor = _ImageProcessor(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size},
         do_resize=True, do_center_crop=True, do_convert_rgb=True,
@@ -104,7 +107,7 @@ def build_embedded(bench: SyntheticBenchmark, arch: EmbeddedArch = EmbeddedArch(
         num_hidden_layers=arch.text_layers, num_attention_heads=arch.text_heads,
         num_key_value_heads=arch.text_kv_heads, max_position_embeddings=arch.max_positions,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=arch.text_init_std,
     )
     config = LlavaConfig(
         vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),

@@ -1,0 +1,104 @@
+"""What every notebook does around its analysis: set up a run, stamp figures, save tables with provenance, and
+check figure data against the stored reference (tiny profile)."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .bench.loaders import load_benchmark
+from .models.loader import load_model
+from .provenance import REPO_ROOT, provenance
+
+REFERENCE_DIR = REPO_ROOT / "tests" / "reference"
+
+
+@dataclass
+class Run:
+    lm: object
+    samples: list
+    out_dir: Path
+    meta: dict
+
+    def stamp(self, fig, extra: str = "") -> None:
+        """Footer naming the profile, model, commit and seed that produced the figure."""
+        m = self.meta
+        text = (f"profile={m['profile']} · model={m['model']} · benchmark={m['benchmark']} · "
+                f"commit={m['git_commit'][:12]} · seed={m['seed']}" + (f" · {extra}" if extra else ""))
+        fig.text(0.5, -0.02, text, ha="center", va="top", fontsize=7, color="0.35")
+
+    def save_table(self, df: pd.DataFrame, name: str) -> Path:
+        """CSV under out_dir plus a JSON sidecar with provenance."""
+        path = self.out_dir / f"{name}.csv"
+        df.to_csv(path, index=False)
+        path.with_suffix(".meta.json").write_text(json.dumps(self.meta, indent=2) + "\n")
+        return path
+
+    def save_figure(self, fig, name: str) -> Path:
+        path = self.out_dir / f"{name}.png"
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+        return path
+
+
+def start(profile: str, model: str, device: str, dtype: str, benchmark: str, data, split: str,
+          samples_per_family, seed: int, out_dir: str, **extra) -> Run:
+    """Quiet, deterministic set-up: load the model and the samples, create the output folder."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    if device == "cpu":
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    out = Path(out_dir)
+    if os.environ.get("LOSTATTN_OUT_ROOT"):  # test runs (nbval) write to a fresh folder
+        out = Path(os.environ["LOSTATTN_OUT_ROOT"]) / out.name
+    elif not out.is_absolute():
+        out = REPO_ROOT / out
+    out.mkdir(parents=True, exist_ok=True)
+    lm = load_model(model, device=device, dtype=dtype)
+    samples = load_benchmark(benchmark, data, split=split, limit_per_family=samples_per_family)
+    meta = provenance(seed=seed, profile=profile, model=model, benchmark=benchmark, device=device, dtype=dtype,
+                      samples=len(samples), **extra)
+    return Run(lm, samples, out, meta)
+
+
+def check_reference(df: pd.DataFrame, name: str, keys: list[str], atol: dict[str, float]) -> str:
+    """Compare `df` with tests/reference/<name>.csv: same key rows, numeric columns within `atol` (per column).
+
+    Raises AssertionError naming the first column and row out of tolerance. With LOSTATTN_WRITE_REFERENCE=1 the
+    reference is (re)written instead.
+    """
+    path = REFERENCE_DIR / f"{name}.csv"
+    cols = list(atol)
+    if os.environ.get("LOSTATTN_WRITE_REFERENCE") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df[keys + cols].to_csv(path, index=False)
+        return f"reference written: {path.relative_to(REPO_ROOT)}"
+    if not path.is_file():
+        raise AssertionError(f"no reference {path}; write it with LOSTATTN_WRITE_REFERENCE=1")
+    ref = pd.read_csv(path)
+    got = df[keys + cols].copy()
+    for k in keys:
+        ref[k], got[k] = ref[k].astype(str), got[k].astype(str)
+    merged = ref.merge(got, on=keys, how="outer", suffixes=("_ref", "_run"), indicator=True)
+    missing = merged[merged["_merge"] != "both"]
+    if len(missing):
+        raise AssertionError(f"{name}: rows differ from the reference:\n{missing[keys + ['_merge']]}")
+    for c in cols:
+        diff = (merged[f"{c}_ref"] - merged[f"{c}_run"]).abs()
+        bad = merged[diff > atol[c]]
+        if len(bad):
+            row = bad.iloc[0]
+            raise AssertionError(f"{name}: {c} differs from the reference by {diff[bad.index[0]]:.3g} "
+                                 f"(> {atol[c]}) at {dict(row[keys])}: ref {row[f'{c}_ref']}, run {row[f'{c}_run']}")
+    return f"{name}: {len(merged)} rows x {len(cols)} columns within tolerance {atol} of the reference"

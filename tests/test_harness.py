@@ -1,0 +1,101 @@
+"""The benchmark harness (resume, refusal to mix runs, scoring) and the reproduce pipeline's cache."""
+import json
+
+import pytest
+
+from lostattn import reproduce as rp
+from lostattn.cli import main as cli
+from lostattn.evaluate import RunSpec, evaluate, summarize
+from lostattn.sap import SAPConfig
+
+
+def test_resume_skips_finished_samples_and_loses_nothing(lm, samples, tmp_path, monkeypatch):
+    out = tmp_path / "run.jsonl"
+    spec = RunSpec(model="embedded", benchmark="synthetic")
+    first = evaluate(lm, samples[:5], out, spec, batch_size=2, progress=False)
+    assert len(first) == 5
+    # an interruption mid-write leaves a cut line: it is ignored and that sample is redone
+    with out.open("a") as f:
+        f.write('{"id": "cut')
+    calls = []
+    import lostattn.evaluate as ev
+
+    real = ev.generate_batch
+    monkeypatch.setattr(ev, "generate_batch", lambda lm_, b, *a, **k: calls.append([s.id for s in b]) or real(lm_, b, *a, **k))
+    again = evaluate(lm, samples[:8], out, spec, batch_size=2, progress=False)
+    assert sorted(i for c in calls for i in c) == sorted(s.id for s in samples[5:8])
+    assert list(again["id"]) == [s.id for s in samples[:8]]
+    assert again.iloc[:5].equals(first)
+    head = json.loads(out.read_text().splitlines()[0])
+    assert head["run"] == spec.key() and "git_commit" in head["provenance"]
+
+
+def test_a_different_run_is_refused(lm, samples, tmp_path):
+    out = tmp_path / "run.jsonl"
+    evaluate(lm, samples[:1], out, RunSpec(model="embedded", benchmark="synthetic"), progress=False)
+    cfg = SAPConfig()
+    with pytest.raises(ValueError, match="different run"):
+        evaluate(lm, samples[:1], out, RunSpec(model="embedded", benchmark="synthetic", sap=cfg.to_dict()),
+                 sap_cfg=cfg, progress=False)
+    with pytest.raises(ValueError, match="spec.sap"):
+        evaluate(lm, samples[:1], tmp_path / "x.jsonl", RunSpec(model="embedded", benchmark="synthetic"),
+                 sap_cfg=cfg, progress=False)
+
+
+def test_blind_control_drops_the_image(lm, samples, tmp_path):
+    ocr = [s for s in samples if s.family == "ocr"]
+    recs = evaluate(lm, ocr, tmp_path / "blind.jsonl", RunSpec("embedded", "synthetic", blind=True), progress=False)
+    assert len(recs) == len(ocr)
+    t = summarize(recs)
+    assert t.loc[0, "n"] == len(ocr)
+
+
+def test_cli_eval_and_errors(tmp_path, capsys):
+    out = tmp_path / "e.jsonl"
+    assert cli(["eval", "--limit", "1", "--out", str(out), "--sap-mode", "uniform"]) == 0
+    assert out.with_suffix(".summary.csv").is_file()
+    assert "accuracy" in capsys.readouterr().out
+    assert cli(["eval", "--model", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli(["eval", "--benchmark", "pope"]) == 2
+    assert "needs its local file" in capsys.readouterr().err
+
+
+def test_reproduce_skips_unchanged_notebooks(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path)
+    ran = []
+
+    def fake_run(name, profile, params, out_nb):
+        ran.append(name)
+        out_nb.parent.mkdir(parents=True, exist_ok=True)
+        out_nb.write_text("{}")
+
+    monkeypatch.setattr(rp, "run_notebook", fake_run)
+    assert rp.reproduce("tiny", only="11_layer_curves", build_book=False) == 0
+    assert rp.reproduce("tiny", only="11_layer_curves", build_book=False) == 0
+    assert ran == ["11_layer_curves"]
+    assert "nothing changed: no notebook was run" in capsys.readouterr().out
+    assert rp.reproduce("tiny", only="11_layer_curves", force=True, build_book=False) == 0
+    assert ran == ["11_layer_curves"] * 2
+
+
+def test_cache_key_follows_parameters_and_a_failure_keeps_earlier_work(tmp_path, monkeypatch, capsys):
+    prof = rp.load_profile("tiny")
+    p = rp.notebook_parameters("tiny", "10_table1_rid_mixig", prof)
+    assert rp.cache_key("10_table1_rid_mixig", p) != rp.cache_key("10_table1_rid_mixig", {**p, "seed": 1})
+    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path)
+
+    def fake_run(name, profile, params, out_nb):
+        if name == "11_layer_curves":
+            raise RuntimeError("cell 3: ZeroDivisionError")
+        out_nb.parent.mkdir(parents=True, exist_ok=True)
+        out_nb.write_text("{}")
+
+    monkeypatch.setattr(rp, "run_notebook", fake_run)
+    assert rp.reproduce("tiny", build_book=False) == 1
+    err = capsys.readouterr().err
+    assert "11_layer_curves: FAILED" in err and "ZeroDivisionError" in err
+    assert (tmp_path / "tiny" / "notebooks" / "10_table1_rid_mixig.cachekey").is_file()
+    assert not (tmp_path / "tiny" / "notebooks" / "12_token_scope.ipynb").exists()
+    with pytest.raises(FileNotFoundError, match="known profiles"):
+        rp.load_profile("huge")
