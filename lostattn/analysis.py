@@ -14,7 +14,7 @@ from contextlib import nullcontext
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .capture import SCOPES, LayerCapture, ResidualCapture, no_rope, token_masks
 from .controls import noise_delta, noise_qkv

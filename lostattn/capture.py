@@ -73,7 +73,8 @@ class ResidualCapture:
 
     def _store(self, i, name):
         def hook(module, args, out):
-            self._partial[i][name] = _first(out).detach()
+            if i in self._partial:  # a call outside the layer's own forward is not part of the stream
+                self._partial[i][name] = _first(out).detach()
         return hook
 
     def _post(self, i):

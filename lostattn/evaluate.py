@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .bench.scoring import extract, is_correct, summarize
 from .bench.types import VQASample

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .bench.synthetic import AUX_FAMILIES, FAMILIES, SyntheticBenchmark, SyntheticConfig
 from .models.embedded import EmbeddedArch, build_embedded
@@ -25,7 +25,7 @@ from .provenance import provenance
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
-    epochs: int = 3
+    epochs: int = 5
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -133,6 +133,7 @@ def train_embedded(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), arch: 
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
     bench = SyntheticBenchmark(bench_cfg)
+    started = provenance(seed=cfg.seed)  # the code state the model is trained from
     model, processor = build_embedded(bench, arch, seed=cfg.seed)
     ids, starts, pixels, image_index = encode_split(bench, processor, "train")
     pad = processor.tokenizer.pad_token_id
@@ -191,7 +192,7 @@ def train_embedded(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), arch: 
         w = csv.DictWriter(f, fieldnames=list(curve[0]))
         w.writeheader()
         w.writerows(curve)
-    meta = provenance(seed=cfg.seed, train=asdict(cfg), arch=arch.to_dict(), benchmark=bench.cfg.to_dict(),
+    meta = dict(started, train=asdict(cfg), arch=arch.to_dict(), benchmark=bench.cfg.to_dict(),
                       train_samples=n, steps=total, train_seconds=round(time.perf_counter() - t0, 1),
                       parameters=sum(p.numel() for p in model.parameters()))
     (out / "train_meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -42,8 +42,9 @@ def test_captured_updates_are_the_modules_outputs(lm, inputs):
     """dX_attn / dX_ffn are what attention and MLP compute from the normed stream (checked by recomputation)."""
     i = 1
     layer = lm.adapter.layers[i]
-    with torch.no_grad(), ResidualCapture(lm, layers=[i], keep=True) as cap:
-        lm.model(**inputs)
+    with torch.no_grad():
+        with ResidualCapture(lm, layers=[i], keep=True) as cap:
+            lm.model(**inputs)
         r = cap.records[i]
         mid = r.x + r.d_attn
         torch.testing.assert_close(layer.mlp(layer.post_attention_layernorm(mid)), r.d_ffn)

@@ -28,10 +28,14 @@ def test_forward_shapes_and_visual_tokens(lm, samples):
     assert (n_vis == lm.model.config.image_seq_length).all()
 
 
-def test_generate_answers_the_question(lm, samples):
-    ocr = [s for s in samples if s.family == "ocr"]
-    replies = generate_batch(lm, ocr, max_new_tokens=3)
-    assert [r.strip() for r in replies] == [s.answer for s in ocr]
+def test_generate_reads_characters(lm):
+    from lostattn.bench.glyphs import CHARACTERS
+    from lostattn.bench.synthetic import SyntheticBenchmark
+
+    ocr = SyntheticBenchmark().samples("test", families=["ocr"], limit_per_family=20)
+    replies = [r.strip() for r in generate_batch(lm, ocr, max_new_tokens=3)]
+    assert all(r in CHARACTERS for r in replies)  # one character and the end of sequence
+    assert sum(r == s.answer for r, s in zip(replies, ocr)) >= 16  # the trained model reads (chance: 1 in 17)
 
 
 def test_batched_generation_matches_single(lm, samples):
