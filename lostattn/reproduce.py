@@ -4,8 +4,10 @@ book from the executed notebooks.
 A profile (profiles/<name>.yaml) gives parameters shared by all notebooks and per-notebook overrides. Each
 executed notebook lands in results/<profile>/notebooks/, its CSVs and figures in results/<profile>/<notebook>/.
 A notebook is skipped when its cache key -- the notebook file, its parameters, the package's source, and the
-data it reads (embedded model, benchmark definition, paper tables) -- equals the one stored after its last
-successful run. A failing notebook stops the run with its cell's error; what finished before it is kept.
+data it reads (embedded model, benchmark definition, paper tables, reference values) -- equals the one stored
+after its last successful run. A notebook whose key changed starts from an empty output folder; one interrupted
+with the same key resumes (the harness skips finished samples). A failing notebook stops the run with its cell's
+error; what finished before it is kept.
 """
 from __future__ import annotations
 
@@ -100,6 +102,12 @@ def reproduce(profile: str = "tiny", only: str | None = None, force: bool = Fals
         if not force and out_nb.is_file() and key_file.is_file() and key_file.read_text() == key:
             print(f"[{profile}] {name}: up to date, skipped")
             continue
+        out_dir = Path(params["out_dir"])
+        run_key = out_dir / ".runkey"
+        if out_dir.is_dir() and not (run_key.is_file() and run_key.read_text() == key):
+            shutil.rmtree(out_dir)  # results of other inputs or code: never resumed from
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_key.write_text(key)  # an interrupted run with the same key resumes from what it finished
         print(f"[{profile}] {name}: running ...", flush=True)
         t = time.perf_counter()
         try:
@@ -141,7 +149,12 @@ def build_book_html(profile: str = "tiny", rebuild: bool = True) -> int:
     from .book_assets import ensure_mathjax
 
     ensure_mathjax(BOOK_DIR)
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(BOOK_DIR), "--builder", "html"]
+    exe = Path(sys.executable).with_name("jupyter-book")
+    if not exe.is_file():
+        exe = shutil.which("jupyter-book")
+    if exe is None:
+        raise FileNotFoundError("jupyter-book is not installed; run `pip install -e .[book]` (jupyter-book==1.0.4)")
+    cmd = [str(exe), "build", str(BOOK_DIR), "--builder", "html"]
     t = time.perf_counter()
     res = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
     if res.returncode != 0:

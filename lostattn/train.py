@@ -128,10 +128,19 @@ def _collate(ids, starts, rows, pad_id):
 def train_embedded(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), arch: EmbeddedArch = EmbeddedArch(),
                    bench_cfg: SyntheticConfig | None = None, progress: bool = True) -> Path:
     """Train the embedded model and save it to `out_dir`; returns the folder."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
+    try:
+        return _train(Path(out_dir), cfg, arch, bench_cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(out: Path, cfg: TrainConfig, arch: EmbeddedArch, bench_cfg: SyntheticConfig | None,
+           progress: bool) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
     bench = SyntheticBenchmark(bench_cfg)
     started = provenance(seed=cfg.seed)  # the code state the model is trained from
     model, processor = build_embedded(bench, arch, seed=cfg.seed)
