@@ -27,7 +27,6 @@ from lostattn.models.adapters import Adapter  # noqa: E402
 from lostattn.models.loader import LoadedModel, load_model  # noqa: E402
 from lostattn.prompts import prepare_inputs  # noqa: E402
 from lostattn.provenance import provenance  # noqa: E402
-from lostattn.sap import SAPConfig, sap  # noqa: E402
 
 
 def llava7b_shaped(device: str, full: bool):
@@ -54,24 +53,6 @@ def llava7b_shaped(device: str, full: bool):
     return LoadedModel("llava-1.5-7b-shape" + ("" if full else " (scaled down)"), model, None, Adapter(model)), inputs
 
 
-def sap_overhead_raw(lm, inputs, repeats):
-    """SAP vs vanilla on prepared inputs (the 7B-shaped model has no processor)."""
-    from lostattn.benchmarks import _interleaved
-
-    cfg = SAPConfig()
-
-    def vanilla():
-        with torch.no_grad():
-            lm.model(**inputs)
-
-    def with_sap():
-        with torch.no_grad(), sap(lm, cfg, inputs):
-            lm.model(**inputs)
-
-    t = _interleaved({"vanilla": vanilla, "sap": with_sap}, lm.device, repeats)
-    return {"vanilla_ms": 1e3 * t["vanilla"], "sap_ms": 1e3 * t["sap"], "sap_over_vanilla": t["sap"] / t["vanilla"]}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -93,7 +74,7 @@ def main() -> int:
     report["embedded"] = {
         "capture_hooks": capture_overhead(lm, inputs, a.repeats),
         "capture_with_streamed_metrics": capture_overhead(lm, inputs, max(2, a.repeats // 3), metrics_sink),
-        "sap": sap_overhead(lm, samples[:32], repeats=a.repeats),
+        "sap": sap_overhead(lm, inputs, repeats=a.repeats),
         "throughput": throughput(lm, samples[:32], batch_size=32),
         "memory": peak_memory(lambda: lm.model(**inputs), a.device),
     }
@@ -102,7 +83,7 @@ def main() -> int:
     report["llava7b_shape"] = {
         "model": big.name,
         "capture_hooks": capture_overhead(big, big_inputs, max(3, a.repeats // 2)),
-        "sap": sap_overhead_raw(big, big_inputs, max(3, a.repeats // 2)),
+        "sap": sap_overhead(big, big_inputs, repeats=max(3, a.repeats // 2)),
         "memory": peak_memory(lambda: big.model(**big_inputs), a.device),
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -22,15 +22,26 @@ def paper_table(name: str) -> pd.DataFrame:
     return pd.read_csv(path, comment="#")
 
 
+def accuracy_report(lm, samples, records_file: str | Path, spec: RunSpec, batch_size: int = 64,
+                    progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score `samples` (resumable records in `records_file`); returns (per-family table, per-sample records).
+
+    Synthetic families get a `chance` column: the accuracy of guessing among the answers a question admits.
+    """
+    records = evaluate(lm, samples, records_file, spec, batch_size=batch_size, progress=progress)
+    table = summarize(records)
+    if spec.benchmark == "synthetic":
+        table["chance"] = table["family"].map(CHANCE)
+    return table, records
+
+
 def embedded_test_report(lm, out_csv: str | Path, batch_size: int = 64, limit_per_family: int | None = None,
                          progress: bool = True) -> pd.DataFrame:
-    """Per-family test accuracy of a model on the synthetic test split, beside chance; written to `out_csv`."""
+    """Per-family accuracy of a model on the whole synthetic test split, written to `out_csv` with provenance."""
     out_csv = Path(out_csv)
-    samples = SyntheticBenchmark().samples("test", limit_per_family=limit_per_family)
     spec = RunSpec(model=lm.name, benchmark="synthetic")
-    records = evaluate(lm, samples, out_csv.with_suffix(".jsonl"), spec, batch_size=batch_size, progress=progress)
-    table = summarize(records)
-    table["chance"] = table["family"].map(CHANCE)
+    samples = SyntheticBenchmark().samples("test", limit_per_family=limit_per_family)
+    table, _ = accuracy_report(lm, samples, out_csv.with_suffix(".jsonl"), spec, batch_size, progress)
     table.to_csv(out_csv, index=False)
     out_csv.with_suffix(".meta.json").write_text(json.dumps(provenance(seed=spec.seed, model=lm.name), indent=2))
     return table

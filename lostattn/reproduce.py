@@ -136,7 +136,11 @@ def build_book_html(profile: str = "tiny", rebuild: bool = True) -> int:
         raise FileNotFoundError(f"executed notebooks missing for profile {profile!r}: {missing}; "
                                 f"run `lostattn reproduce --profile {profile}` first")
     html = BOOK_DIR / "_build" / "html" / "index.html"
-    if not rebuild and html.is_file() and (dst / ".profile").is_file() and (dst / ".profile").read_text() == profile:
+    stamp = BOOK_DIR / "_build" / ".built"
+    pages = [p for p in BOOK_DIR.glob("*") if p.suffix in (".md", ".yml")]
+    pages_changed = not stamp.is_file() or any(p.stat().st_mtime > stamp.stat().st_mtime for p in pages)
+    if (not rebuild and not pages_changed and html.is_file() and (dst / ".profile").is_file()
+            and (dst / ".profile").read_text() == profile):
         print(f"[{profile}] book up to date: {html}")
         return 0
     dst.mkdir(exist_ok=True)
@@ -160,6 +164,7 @@ def build_book_html(profile: str = "tiny", rebuild: bool = True) -> int:
     if res.returncode != 0:
         print(res.stdout[-4000:], res.stderr[-4000:], file=sys.stderr)
         return res.returncode
+    stamp.write_text(profile)
     print(f"[{profile}] book built in {time.perf_counter() - t:.0f}s: {html}")
     return 0
 

@@ -51,9 +51,8 @@ class EmbeddedArch:
     text_kv_heads: int = 2
     text_intermediate: int = 320
     max_positions: int = 256
-    # Where the image goes in the prompt. LLaVA puts it first; the embedded model puts it after the question (see
-    # the book's "Choices" page): then visual tokens can attend to the question, which a model this small, trained
-    # from scratch in minutes, needs in order to bind words to objects.
+    # Where the image goes in the prompt: first, as in LLaVA-1.5 (the default), or after the question, which lets
+    # visual tokens attend to it (tried; it did not help this model bind words to objects, see the book).
     image_first: bool = True
     # Initial weight scale of the decoder. The transformers default (0.02) leaves query-key products so small that
     # a model trained from scratch sits for thousands of steps before its attention depends on the question.
