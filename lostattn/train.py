@@ -36,6 +36,8 @@ class TrainConfig:
     # (colour, shape, size, colour-shape pair, character) from its patch token, with linear heads dropped after.
     vision_steps: int = 400
     vision_lr: float = 2e-3
+    # Stage 2 keeps the vision tower frozen, as LLaVA keeps its CLIP encoder frozen.
+    freeze_vision: bool = True
 
 
 def cell_labels(bench: SyntheticBenchmark, split: str) -> torch.Tensor:
@@ -148,12 +150,15 @@ def _train(out: Path, cfg: TrainConfig, arch: EmbeddedArch, bench_cfg: Synthetic
     pad = processor.tokenizer.pad_token_id
     t0 = time.perf_counter()
     curve = pretrain_vision(model, pixels, cell_labels(bench, "train"), cfg, progress)
+    if cfg.freeze_vision:
+        model.model.vision_tower.requires_grad_(False)
     n = len(ids)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
 
