@@ -21,7 +21,8 @@ def cmd_train(a) -> int:
     from .train import TrainConfig, train_embedded
 
     out = Path(a.out or EMBEDDED_DIR)
-    train_embedded(out, TrainConfig(seed=a.seed, epochs=a.epochs))
+    given = {k: getattr(a, k) for k in ("seed", "epochs", "threads") if getattr(a, k) is not None}
+    train_embedded(out, TrainConfig(**given))
     print(f"saved the embedded model to {out}")
     if not a.no_eval:
         from .models.loader import load_model
@@ -112,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t = sub.add_parser("train", help="train the embedded model on the synthetic train split")
     t.add_argument("--out", default=None)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--seed", type=int, default=None, help="default: TrainConfig's (the committed model's)")
+    t.add_argument("--epochs", type=int, default=None, help="default: TrainConfig's (the committed model's)")
+    t.add_argument("--threads", type=int, default=None, help="CPU threads (default: TrainConfig's)")
     t.add_argument("--no-eval", action="store_true")
     t.set_defaults(fn=cmd_train)
 

@@ -106,3 +106,29 @@ def test_glyphs_are_distinct():
     assert len(set(masks.values())) == len(CHARACTERS)
     with pytest.raises(KeyError, match="supported"):
         glyph_mask("?")
+
+
+def test_locate_answers_follow_from_the_scene_and_leave_the_scored_families_alone():
+    b = SyntheticBenchmark(SMALL)
+    scored = [(s.id, s.question, s.answer) for s in b.samples("train")]
+    with_aux = b.samples("train", families=FAMILIES + AUX_FAMILIES)
+    assert [(s.id, s.question, s.answer) for s in with_aux if s.family in FAMILIES] == scored
+    rows, cols = ("top", "middle", "bottom"), ("left", "center", "right")
+    locate = [s for s in with_aux if s.family == "locate"]
+    assert len(locate) == 2 * SMALL.images["train"]
+    for s in locate:
+        scene = b.scenes["train"][s.meta["image_index"]]
+        name = s.question.split("Where is the ")[1].rstrip("?")
+        at = [f"{rows[o.row]} {cols[o.col]}" for o in scene.objects if o.name == name]
+        assert s.answer == (at[0] if at else "nowhere")
+    assert {s.answer == "nowhere" for s in locate} == {True, False}
+
+
+def test_letter_lookup_answers_name_the_option_asked_for():
+    b = SyntheticBenchmark(SMALL)
+    letter = b.samples("train", families=("letter",))
+    assert len(letter) == SMALL.images["train"]
+    for s in letter:
+        asked = s.question.split("Which option is ")[1].split("?")[0]
+        assert s.options[s.answer] == asked and sorted(s.options) == list("ABCD")
+        assert len(set(s.options.values())) == 4

@@ -38,9 +38,12 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 SIZES = ("small", "large")
 FAMILIES = ("exist", "attribute", "count", "spatial", "ocr", "mc")
-# A training-only auxiliary family: a full scene description, dense supervision that teaches the small model to
-# read every object; it is not one of the scored families.
-AUX_FAMILIES = ("describe",)
+# Training-only auxiliary families, not scored: "describe" (the whole scene, object by object: reading every cell)
+# and "locate" (where a named colour-shape pair is, or "nowhere": finding a cell by a two-word key, the step that
+# existence, spatial and multiple-choice questions all start with, with nine answers instead of two) and "letter"
+# (the multiple-choice format with the answer named in the question: finding an option by its text and answering
+# with its letter, the step a multiple-choice question ends with).
+AUX_FAMILIES = ("describe", "locate", "letter")
 # Accuracy (%) of guessing uniformly among the answers a question of the family admits (attribute mixes colour
 # 1/4, shape 1/3 and size 1/2 questions; count answers range over 0-5; ocr over the glyph set).
 CHANCE = {"exist": 50.0, "attribute": 100 / 3, "count": 100 / 6, "spatial": 50.0, "ocr": 100 / 17, "mc": 25.0}
@@ -293,6 +296,24 @@ class SyntheticBenchmark:
         parts.append(f"character {scene.char} at {where(*scene.char_cell)}")
         qs.append(dict(family="describe", subtype="scene", kind="short", answer=" , ".join(parts),
                        question="Describe the image."))
+
+        # locate (auxiliary): one object present, one absent; its own stream, so the families above do not change
+        aux = np.random.default_rng([scene.noise_seed, 11])
+        o = objs[int(aux.integers(len(objs)))]
+        gone = absent[int(aux.integers(len(absent)))]
+        for (colour, shape), ans in (((o.colour, o.shape), where(o.row, o.col)), (gone, "nowhere")):
+            qs.append(dict(family="locate", subtype="present" if ans != "nowhere" else "absent", kind="short",
+                           answer=ans, question=f"Where is the {colour} {shape}?"))
+
+        # letter (auxiliary): which letter holds a named option, in the multiple-choice format
+        if aux.random() < 0.5:
+            opts = [f"{c} {s}" for c, s in (_combos()[i] for i in aux.choice(len(_combos()), size=4, replace=False))]
+        else:
+            opts = [str(v) for v in aux.choice(range(1, 7), size=4, replace=False)]
+        k = int(aux.integers(4))
+        body = "\n".join(f"{letter}. {v}" for letter, v in zip(letters, opts))
+        qs.append(dict(family="letter", subtype="lookup", kind="mc", answer=letters[k], options=dict(zip(letters, opts)),
+                       question=f"Question: Which option is {opts[k]}?\nOptions:\n{body}\n{MC_SUFFIX}"))
         return qs
 
     def samples(self, split: str, families: tuple[str, ...] | list[str] | None = None,
