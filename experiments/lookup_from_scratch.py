@@ -77,14 +77,15 @@ def logits_last(model, ids, mask):
     return model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits[:, -1]
 
 
-def run(condition: str, steps: int, lr: float, seed: int) -> dict:
+def run(condition: str, steps: int, lr: float, seed: int, init_std: float | None = None) -> dict:
     arch = EmbeddedArch()
+    init_std = arch.text_init_std if init_std is None else init_std
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(VOCAB), hidden_size=arch.text_hidden, intermediate_size=arch.text_intermediate,
         num_hidden_layers=arch.text_layers, num_attention_heads=arch.text_heads, num_key_value_heads=arch.text_kv_heads,
         max_position_embeddings=arch.max_positions, tie_word_embeddings=True, pad_token_id=0,
-        initializer_range=arch.text_init_std))
+        initializer_range=init_std))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     rng = random.Random(seed)
     curve, t0 = [], time.perf_counter()
@@ -105,7 +106,7 @@ def run(condition: str, steps: int, lr: float, seed: int) -> dict:
     with torch.no_grad():
         correct = sum((logits_last(model, *b[:2]).argmax(-1) == b[2]).sum().item()
                       for b in (batch(condition, test_rng, 256) for _ in range(4)))
-    return {"condition": condition, "steps": steps, "lr": lr, "seed": seed, "accuracy": 100 * correct / 1024,
+    return {"condition": condition, "steps": steps, "lr": lr, "seed": seed, "init_std": init_std, "accuracy": 100 * correct / 1024,
             "seconds": round(time.perf_counter() - t0, 1), "curve": curve}
 
 
@@ -115,11 +116,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init-std", type=float, default=None,
+                    help="initial weight scale of the decoder (default: the embedded model's, EmbeddedArch.text_init_std)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="results/lookup_from_scratch.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [run(c, args.steps, args.lr, args.seed) for c in args.conditions]
+    rows = [run(c, args.steps, args.lr, args.seed, args.init_std) for c in args.conditions]
     for r in rows:
         chance = 12.5 if r["condition"] == "copy" else 25
         print(f"{r['condition']:>28}: {r['accuracy']:.1f}% after {r['steps']} steps "
