@@ -1,11 +1,12 @@
-"""Why the embedded model does not answer multiple-choice questions: a text-only probe of option lookup.
+"""When can a small decoder trained from scratch learn to look an option up? A text-only probe.
 
-    python experiments/lookup_from_scratch.py                      # all four conditions, 3000 steps each (~16 min)
+    python experiments/lookup_from_scratch.py                      # all four conditions, 3000 steps each (~17 min)
+    python experiments/lookup_from_scratch.py --init-std 0.02      # the same at the transformers default init
     python experiments/lookup_from_scratch.py --conditions key-first --steps 500
 
 A decoder of the embedded model's size (lostattn.models.embedded.EmbeddedArch: a Llama, 6 layers, width 128),
 trained from scratch on one task: four options, then a question naming one of them, answered with its letter.
-Only the order inside an option changes between conditions:
+Only the order of the prompt changes between conditions:
 
 - key-first:   "red circle = A"    the content, then its letter (the order in which induction heads copy);
 - letter-first: "A . red circle"   VMCBench's and the synthetic multiple-choice family's order;
@@ -14,8 +15,9 @@ Only the order inside an option changes between conditions:
   (an induction head's task, with the query at the answer position itself).
 
 Options are colour-shape pairs or digits, as in the benchmark. Accuracy is measured on 1,024 fresh questions after
-training (chance 25%, 12.5% for copy). The book's Choices page reports the numbers; the result file records seeds
-and versions.
+training (chance 25%, 12.5% for copy). The decoder's initial weight scale (`--init-std`, by default the embedded
+model's) decides whether any lookup is learned in this budget. The book's Choices page reports the numbers; the
+result file records seeds and versions.
 """
 from __future__ import annotations
 

@@ -73,3 +73,25 @@ def test_adapter_rejects_unsupported_models():
 
     with pytest.raises(ValueError, match="unsupported architecture 'mllama'"):
         Adapter(Fake())
+
+
+def test_committed_model_is_above_chance_in_every_family(lm, tmp_path):
+    """The whole test split: every scored family beats guessing with a one-sided binomial p below 1e-6 and by at
+    least ten points (the figures and tables analyse a model that does the tasks, not one that guesses)."""
+    from math import comb
+
+    from lostattn.bench.synthetic import CHANCE, FAMILIES, SyntheticBenchmark
+    from lostattn.evaluate import RunSpec
+    from lostattn.report import accuracy_report
+
+    samples = SyntheticBenchmark().samples("test")
+    table, _ = accuracy_report(lm, samples, tmp_path / "records.jsonl", RunSpec(model="embedded", benchmark="synthetic"),
+                               batch_size=128, progress=False)
+    table = table.set_index("family")
+    assert set(FAMILIES) <= set(table.index)
+    for fam in FAMILIES:
+        n, acc = int(table.loc[fam, "n"]), float(table.loc[fam, "accuracy"])
+        k = round(acc * n / 100)
+        q = CHANCE[fam] / 100
+        p = sum(comb(n, j) * q**j * (1 - q) ** (n - j) for j in range(k, n + 1))  # P(at least k right by guessing)
+        assert acc >= CHANCE[fam] + 10 and p < 1e-6, f"{fam}: {acc:.1f}% of {n} (chance {CHANCE[fam]:.1f}%, p={p:.2g})"
