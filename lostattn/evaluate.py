@@ -39,7 +39,7 @@ class RunSpec:
                 "max_new_tokens": self.max_new_tokens, "seed": self.seed}
 
 
-def _read_done(path: Path, spec: RunSpec) -> dict[str, dict]:
+def _read_done(path: Path, spec: RunSpec, weights: str = "") -> dict[str, dict]:
     done: dict[str, dict] = {}
     if not path.exists() or path.stat().st_size == 0:
         return done
@@ -49,6 +49,10 @@ def _read_done(path: Path, spec: RunSpec) -> dict[str, dict]:
     if head.get("run") != spec.key():
         raise ValueError(f"{path} holds a different run ({head.get('run')}); "
                          f"this run is {spec.key()}. Use another file or delete it.")
+    if weights and head.get("weights") and head["weights"] != weights:
+        raise ValueError(f"{path} holds records of {spec.model!r} with other weights (fingerprint {head['weights']}; "
+                         f"the model loaded now is {weights}): it was retrained or replaced. Delete the file or use "
+                         f"another one; finished records are only resumed with the weights that wrote them.")
     for line in lines[1:]:
         if not line.strip():
             continue
@@ -79,10 +83,12 @@ def evaluate(lm, samples: list[VQASample], out_file: str | Path, spec: RunSpec, 
     path.parent.mkdir(parents=True, exist_ok=True)
     if (sap_cfg.to_dict() if sap_cfg else None) != spec.sap:
         raise ValueError("spec.sap must equal sap_cfg.to_dict() (or both be None)")
-    done = _read_done(path, spec)
+    weights = getattr(lm, "fingerprint", "")
+    done = _read_done(path, spec, weights)
     todo = [s for s in samples if s.id not in done]
     if not path.exists() or path.stat().st_size == 0:
-        path.write_text(json.dumps({"run": spec.key(), "provenance": provenance(seed=spec.seed)}) + "\n")
+        path.write_text(json.dumps({"run": spec.key(), "weights": weights, "provenance": provenance(seed=spec.seed)})
+                        + "\n")
     torch.manual_seed(spec.seed)
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"eval {spec.benchmark}",
                disable=not progress)

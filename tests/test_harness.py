@@ -42,6 +42,45 @@ def test_a_different_run_is_refused(lm, samples, tmp_path):
                  sap_cfg=cfg, progress=False)
 
 
+def test_records_of_other_weights_under_the_same_name_are_refused(lm, samples, tmp_path):
+    import dataclasses
+
+    out = tmp_path / "run.jsonl"
+    spec = RunSpec(model="embedded", benchmark="synthetic")
+    evaluate(lm, samples[:1], out, spec, progress=False)
+    assert json.loads(out.read_text().splitlines()[0])["weights"] == lm.fingerprint
+    retrained = dataclasses.replace(lm, fingerprint="0" * 16)
+    with pytest.raises(ValueError, match="other weights"):
+        evaluate(retrained, samples[:2], out, spec, progress=False)
+    assert len(evaluate(lm, samples[:2], out, spec, progress=False)) == 2  # the weights that wrote it resume it
+
+
+def test_weights_fingerprint_follows_the_weight_bytes(tmp_path):
+    import shutil
+
+    from lostattn.models.loader import EMBEDDED_DIR, weights_fingerprint
+
+    copy = tmp_path / "model"
+    shutil.copytree(EMBEDDED_DIR, copy)
+    assert weights_fingerprint(copy) == weights_fingerprint(EMBEDDED_DIR)
+    (copy / "training_curve.csv").write_text("step,loss\n")  # files other than config and weights do not count
+    assert weights_fingerprint(copy) == weights_fingerprint(EMBEDDED_DIR)
+    data = (EMBEDDED_DIR / "model.safetensors").read_bytes()
+    for offset in (4096, len(data) // 2, -4096):  # one changed byte anywhere in a small weight file changes it
+        changed = bytearray(data)
+        changed[offset] ^= 1
+        (copy / "model.safetensors").write_bytes(bytes(changed))
+        assert weights_fingerprint(copy) != weights_fingerprint(EMBEDDED_DIR)
+    # a large file is sampled at both ends: a change there is seen, one in the middle is not
+    changed = bytearray(data)
+    changed[len(data) // 2] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(changed))
+    assert weights_fingerprint(copy, sample=1024, whole_below=0) == weights_fingerprint(EMBEDDED_DIR, 1024, 0)
+    changed[-100] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(changed))
+    assert weights_fingerprint(copy, sample=1024, whole_below=0) != weights_fingerprint(EMBEDDED_DIR, 1024, 0)
+
+
 def test_blind_control_drops_the_image(lm, samples, tmp_path):
     ocr = [s for s in samples if s.family == "ocr"]
     recs = evaluate(lm, ocr, tmp_path / "blind.jsonl", RunSpec("embedded", "synthetic", blind=True), progress=False)

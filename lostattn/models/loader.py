@@ -1,6 +1,7 @@
 """One loader for the embedded model and real checkpoints (local folders, or hub ids already in the local cache)."""
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,9 @@ class LoadedModel:
     model: torch.nn.Module
     processor: object
     adapter: Adapter
+    # Identifies the weights behind `name` (see `weights_fingerprint`): a results file written by one set of weights
+    # is never resumed with another, even under the same name (the embedded model after retraining).
+    fingerprint: str = ""
 
     @property
     def device(self) -> torch.device:
@@ -49,6 +53,31 @@ def resolve(name_or_path: str | Path) -> str:
     return s  # a hub id: from_pretrained resolves it from the local cache (HF_HUB_OFFLINE=1 forbids downloads)
 
 
+def weights_fingerprint(src: str | Path, sample: int = 1 << 20, whole_below: int = 64 << 20) -> str:
+    """A short hash of a checkpoint folder: its config, and for each weight file its name, size and bytes: all of
+    them for files under `whole_below` (the embedded model), the first and last `sample` bytes of larger ones (cheap
+    for a 15 GB checkpoint, and different after any retraining, whose tensors start right after the header). A hub
+    id without a local folder gets the hash of its id."""
+    h = hashlib.sha256()
+    folder = Path(src)
+    if not folder.is_dir():
+        h.update(str(src).encode())
+        return h.hexdigest()[:16]
+    h.update((folder / "config.json").read_bytes())
+    weights = sorted(f for f in folder.iterdir() if f.suffix in (".safetensors", ".bin", ".pt") and f.is_file())
+    for f in weights:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            if size < whole_below:
+                h.update(fh.read())
+                continue
+            h.update(fh.read(sample))
+            fh.seek(max(0, size - sample))
+            h.update(fh.read(sample))
+    return h.hexdigest()[:16]
+
+
 def load_model(name_or_path: str | Path = EMBEDDED_NAME, device: str = "cpu", dtype: str = "float32",
                attn_implementation: str = "sdpa") -> LoadedModel:
     """Load a supported LVLM and its processor; `dtype` is one of float32, float16, bfloat16."""
@@ -73,4 +102,4 @@ def load_model(name_or_path: str | Path = EMBEDDED_NAME, device: str = "cpu", dt
         tok.padding_side = "left"  # batched generation
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-    return LoadedModel(str(name_or_path), model, processor, Adapter(model))
+    return LoadedModel(str(name_or_path), model, processor, Adapter(model), weights_fingerprint(src))
