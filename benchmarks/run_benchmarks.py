@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lostattn.benchmarks import capture_overhead, peak_memory, sap_overhead  # noqa: E402
-from lostattn.bench.synthetic import SyntheticBenchmark  # noqa: E402
+from lostattn.costs import capture_overhead, peak_memory, sap_overhead  # noqa: E402
+from lostattn.tasks.synthetic import SyntheticBenchmark  # noqa: E402
 from lostattn.evaluate import throughput  # noqa: E402
 from lostattn.metrics import update_metrics  # noqa: E402
 from lostattn.models.adapters import Adapter  # noqa: E402

@@ -33,7 +33,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lostattn.bench.synthetic import COLOURS, SHAPES  # noqa: E402
+from lostattn.tasks.synthetic import COLOURS, SHAPES  # noqa: E402
 from lostattn.models.embedded import EmbeddedArch  # noqa: E402
 from lostattn.provenance import provenance  # noqa: E402
 

@@ -33,7 +33,7 @@ def cmd_train(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from .bench.loaders import load_benchmark
+    from .tasks.loaders import load_benchmark
     from .evaluate import RunSpec, evaluate, summarize
     from .models.loader import load_model
     from .sap import SAPConfig
@@ -59,7 +59,7 @@ def cmd_eval(a) -> int:
 
 def cmd_analyze(a) -> int:
     from .analysis import layer_curves, residual_metrics, rope_baseline, table1
-    from .bench.loaders import load_benchmark
+    from .tasks.loaders import load_benchmark
     from .metrics import RankRule
     from .models.loader import load_model
 

@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .bench.scoring import extract, is_correct, summarize
-from .bench.types import VQASample
+from .tasks.scoring import extract, is_correct, summarize
+from .tasks.types import VQASample
 from .prompts import prepare_inputs
 from .provenance import provenance
 from .sap import SAPConfig, sap

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .bench.loaders import load_benchmark
+from .tasks.loaders import load_benchmark
 from .models.loader import load_model
 from .provenance import REPO_ROOT, provenance
 

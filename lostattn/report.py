@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .bench.synthetic import CHANCE, SyntheticBenchmark
+from .tasks.synthetic import CHANCE, SyntheticBenchmark
 from .evaluate import RunSpec, evaluate
 from .provenance import REPO_ROOT, provenance
-from .bench.scoring import summarize
+from .tasks.scoring import summarize
 
 PAPER_DIR = REPO_ROOT / "data" / "paper"
 

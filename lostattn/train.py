@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .bench.synthetic import AUX_FAMILIES, FAMILIES, SyntheticBenchmark, SyntheticConfig
+from .tasks.synthetic import AUX_FAMILIES, FAMILIES, SyntheticBenchmark, SyntheticConfig
 from .models.embedded import EmbeddedArch, build_embedded
 from .prompts import chat_prompt
 from .provenance import provenance
@@ -41,7 +41,7 @@ class TrainConfig:
     # Stage 2 keeps the vision tower frozen, as LLaVA keeps its CLIP encoder frozen; its features are then computed
     # once per image instead of once per question (the same numbers, a sixth of the work saved).
     freeze_vision: bool = True
-    # The question families trained on: the scored ones plus training-only ones (lostattn.bench.synthetic.AUX_FAMILIES).
+    # The question families trained on: the scored ones plus training-only ones (lostattn.tasks.synthetic.AUX_FAMILIES).
     families: tuple[str, ...] = FAMILIES
     aux_families: tuple[str, ...] = ("letter", "locate")
     # Batches are drawn from length-sorted pools of `bucket` batches, so that a long question (multiple choice) or
@@ -51,8 +51,8 @@ class TrainConfig:
 
 def cell_labels(bench: SyntheticBenchmark, split: str) -> torch.Tensor:
     """(N, 5, cells) targets per patch token: colour, shape, size, colour-shape pair, character (0 = none)."""
-    from .bench.glyphs import CHARACTERS
-    from .bench.synthetic import COLOURS, SHAPES
+    from .tasks.glyphs import CHARACTERS
+    from .tasks.synthetic import COLOURS, SHAPES
 
     g = bench.cfg.grid
     combos = [(c, s) for c in COLOURS for s in SHAPES]

@@ -18,6 +18,41 @@ def lm():
 
 @pytest.fixture(scope="session")
 def samples():
-    from lostattn.bench.synthetic import SyntheticBenchmark
+    from lostattn.tasks.synthetic import SyntheticBenchmark
 
     return SyntheticBenchmark().samples("test", limit_per_family=2)
+
+
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """Tiny random-weight checkpoints of every family, in both file layouts, built at test time with the real
+    transformers classes and processors: `checkpoints(family, layout="hub")` returns the folder, built once."""
+    from lostattn.models.random_checkpoints import build_checkpoint
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    built: dict[tuple[str, str], str] = {}
+
+    def get(family: str, layout: str = "hub") -> str:
+        if (family, layout) not in built:
+            built[family, layout] = str(build_checkpoint(family, root / f"{family}-{layout}", layout=layout))
+        return built[family, layout]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def family_lm(checkpoints):
+    """The loaded tiny checkpoint of a family (hub layout), cached for the session: `family_lm("qwen2_5_vl")`."""
+    from lostattn.models.loader import load_model
+
+    cache: dict[str, object] = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = load_model(checkpoints(family))
+        return cache[family]
+
+    return get

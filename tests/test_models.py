@@ -29,8 +29,8 @@ def test_forward_shapes_and_visual_tokens(lm, samples):
 
 
 def test_generate_reads_characters(lm):
-    from lostattn.bench.glyphs import CHARACTERS
-    from lostattn.bench.synthetic import SyntheticBenchmark
+    from lostattn.tasks.glyphs import CHARACTERS
+    from lostattn.tasks.synthetic import SyntheticBenchmark
 
     ocr = SyntheticBenchmark().samples("test", families=["ocr"], limit_per_family=20)
     replies = [r.strip() for r in generate_batch(lm, ocr, max_new_tokens=3)]
@@ -80,7 +80,7 @@ def test_committed_model_is_above_chance_in_every_family(lm, tmp_path):
     least ten points (the figures and tables analyse a model that does the tasks, not one that guesses)."""
     from math import comb
 
-    from lostattn.bench.synthetic import CHANCE, FAMILIES, SyntheticBenchmark
+    from lostattn.tasks.synthetic import CHANCE, FAMILIES, SyntheticBenchmark
     from lostattn.evaluate import RunSpec
     from lostattn.report import accuracy_report
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lostattn.bench.loaders import BENCHMARKS, load_benchmark
-from lostattn.bench.scoring import extract, extract_letter, is_correct, summarize, yesno_stats
+from lostattn.tasks.loaders import BENCHMARKS, load_benchmark
+from lostattn.tasks.scoring import extract, extract_letter, is_correct, summarize, yesno_stats
 
 
 # ---- scoring ---------------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from lostattn.bench.glyphs import CHARACTERS, glyph_mask
-from lostattn.bench.synthetic import (AUX_FAMILIES, COLOURS, FAMILIES, SPLITS, SyntheticBenchmark, SyntheticConfig,
+from lostattn.tasks.glyphs import CHARACTERS, glyph_mask
+from lostattn.tasks.synthetic import (AUX_FAMILIES, COLOURS, FAMILIES, SPLITS, SyntheticBenchmark, SyntheticConfig,
                                       render)
 
 SMALL = SyntheticConfig(images={"train": 60, "validation": 20, "test": 40})

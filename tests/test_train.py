@@ -5,7 +5,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from lostattn.bench.synthetic import SyntheticConfig
+from lostattn.tasks.synthetic import SyntheticConfig
 from lostattn.models.embedded import EmbeddedArch
 from lostattn.models.loader import load_model
 from lostattn.train import TrainConfig, train_embedded
@@ -33,7 +33,7 @@ def test_training_is_deterministic_and_writes_everything(tmp_path):
 
 
 def test_cached_vision_features_give_the_same_logits_as_pixel_values():
-    from lostattn.bench.synthetic import SyntheticBenchmark
+    from lostattn.tasks.synthetic import SyntheticBenchmark
     from lostattn.models.embedded import build_embedded
     from lostattn.train import _collate, embed_with_image, encode_split, vision_features
 

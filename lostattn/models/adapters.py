@@ -17,6 +17,7 @@ from torch import nn
 class FamilySpec:
     model_type: str  # config.model_type
     hf_class: str  # the transformers class that loads it
+    processor_class: str  # its processor (loaded for images only: see loader.image_only_processor_class)
     description: str
     grid_images: bool  # one fixed patch grid per image (LLaVA-1.5 style); False for any-resolution tiling
 
@@ -24,11 +25,11 @@ class FamilySpec:
 FAMILIES: dict[str, FamilySpec] = {
     s.model_type: s
     for s in (
-        FamilySpec("llava", "LlavaForConditionalGeneration", "LLaVA-1.5 (llava-1.5-7b-hf, ...) and the embedded model", True),
-        FamilySpec("llava_next", "LlavaNextForConditionalGeneration", "LLaVA-NeXT (llava-v1.6-*-hf)", False),
-        FamilySpec("llava_onevision", "LlavaOnevisionForConditionalGeneration", "LLaVA-OneVision (llava-onevision-qwen2-*-hf)", False),
-        FamilySpec("qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2-VL (Qwen2-VL-*-Instruct)", False),
-        FamilySpec("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2.5-VL (Qwen2.5-VL-*-Instruct and fine-tunes)", False),
+        FamilySpec("llava", "LlavaForConditionalGeneration", "LlavaProcessor", "LLaVA-1.5 (llava-1.5-7b-hf, ...) and the embedded model", True),
+        FamilySpec("llava_next", "LlavaNextForConditionalGeneration", "LlavaNextProcessor", "LLaVA-NeXT (llava-v1.6-*-hf)", False),
+        FamilySpec("llava_onevision", "LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor", "LLaVA-OneVision (llava-onevision-qwen2-*-hf)", False),
+        FamilySpec("qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "Qwen2-VL (Qwen2-VL-*-Instruct)", False),
+        FamilySpec("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", "Qwen2.5-VL (Qwen2.5-VL-*-Instruct and fine-tunes)", False),
     )
 }
 

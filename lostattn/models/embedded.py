@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
                           LlavaProcessor, PreTrainedTokenizerFast)
 
-from ..bench.synthetic import AUX_FAMILIES, FAMILIES, SPLITS, SyntheticBenchmark
+from ..tasks.synthetic import AUX_FAMILIES, FAMILIES, SPLITS, SyntheticBenchmark
 
 try:  # the PIL image processor needs no torchvision (there is no CPU torchvision build)
     from transformers import CLIPImageProcessorPil as _ImageProcessor

@@ -78,6 +78,36 @@ def weights_fingerprint(src: str | Path, sample: int = 1 << 20, whole_below: int
     return h.hexdigest()[:16]
 
 
+_IMAGE_ONLY: dict[type, type] = {}
+
+
+def image_only_processor_class(proc_cls: type) -> type:
+    """`proc_cls` (a transformers processor) without its video processor.
+
+    Qwen2-VL, Qwen2.5-VL and LLaVA-OneVision processors also own a video processor, which transformers gates behind
+    torchvision; there is no CPU build of torchvision, and this project reads images only. A processor's
+    sub-processors are the modality arguments of its `__init__` (`get_attributes`); this subclass leaves the video one
+    out, so `from_pretrained` neither loads nor requires it (a `video_preprocessor_config.json` or a `video_processor`
+    entry in `processor_config.json` is ignored), and calling it with images and text works as before. With
+    torchvision installed nothing changes either: the same image-only processor is used, so results do not depend on
+    whether torchvision is present.
+    """
+    if proc_cls not in _IMAGE_ONLY:
+        def get_attributes(cls):
+            return [a for a in proc_cls.get_attributes() if "video" not in a]
+
+        _IMAGE_ONLY[proc_cls] = type(proc_cls.__name__, (proc_cls,),
+                                     {"get_attributes": classmethod(get_attributes), "__module__": __name__,
+                                      "__doc__": f"{proc_cls.__name__} for images only (no video processor)."})
+    return _IMAGE_ONLY[proc_cls]
+
+
+def load_processor(src: str | Path, family: str):
+    """The family's processor from a checkpoint folder (either file layout), images only, PIL image backend."""
+    proc_cls = image_only_processor_class(getattr(transformers, FAMILIES[family].processor_class))
+    return proc_cls.from_pretrained(src, backend="pil")
+
+
 def load_model(name_or_path: str | Path = EMBEDDED_NAME, device: str = "cpu", dtype: str = "float32",
                attn_implementation: str = "sdpa") -> LoadedModel:
     """Load a supported LVLM and its processor; `dtype` is one of float32, float16, bfloat16."""
@@ -96,7 +126,7 @@ def load_model(name_or_path: str | Path = EMBEDDED_NAME, device: str = "cpu", dt
     cls = getattr(transformers, FAMILIES[config.model_type].hf_class)
     model = cls.from_pretrained(src, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
     model.to(device).eval()
-    processor = AutoProcessor.from_pretrained(src)
+    processor = load_processor(src, config.model_type)
     tok = getattr(processor, "tokenizer", None)
     if tok is not None:
         tok.padding_side = "left"  # batched generation
