@@ -3,40 +3,55 @@
 One mechanism serves every supported family: a function registered in transformers' `AttentionInterface` (with
 the SDPA mask builder) that the decoder's attention modules call instead of plain SDPA while the `sap(...)` context
 is active. It runs the usual SDPA kernel for the whole layer, then recomputes only the query rows that SAP changes
-(the last query, in the official protocol) with the replaced scores, so SAP costs little more than a vanilla pass
+(the last query, as the official code does) with the replaced scores, so SAP costs little more than a vanilla pass
 and never needs eager attention or patched modeling files.
 
-The replacement follows the official code (see the book's "Choices" page for where we decided):
+The replacement, as the official code computes it (the per-family settings are `SAPConfig` fields, and
+`lostattn.protocols` holds the official and the controlled presets):
 
 - scores S = scaling * q k^T (after RoPE, before masking) of the chosen query rows;
 - on the chosen heads and visual key columns: S <- (1 - lam) * S + lam * a', with (1 - lam) taken as 0 when lam >= 1;
-- a' = a * |mean(S_full)| / (2 |mean(a)|), `a` the predefined distribution over the visual tokens and
-  mean(S_full) the mean of the full pre-mask score matrix of the sample (all heads, queries, keys; padding excluded),
-  computed exactly and cheaply as scaling * mean_h(mean_q q_h . mean_k k_h);
-- heads: those whose score `-mean over non-visual keys` on the last query lies between two percentiles of all heads;
-- layers: "all" (every layer but layer 0) or a list; `a` is drawn once per sample at prefill and reused at decode.
+- `rescale=True` (LLaVA, OneVision): a' = a * |mean(S_full)| / (2 |mean(a)|), `a` the predefined distribution over
+  the visual tokens and mean(S_full) the mean of the sample's full pre-mask score matrix (all heads, queries and keys,
+  future entries included, padding excluded), computed exactly as scaling * mean_h(mean_q q_h . mean_k k_h) without
+  materialising it; `rescale=False` (Qwen2.5-VL): a' = a, the raw probabilities;
+- heads: those whose head score on the last query lies between the quantiles (`torch.quantile`, linear) of two
+  percentiles of all heads; the head score is -mean of the non-visual scores ("nonvisual_mean": LLaVA, Qwen) or
+  -(mean left of the image + mean right of it) / 2 ("left_right_mean": OneVision);
+- layers: "all" (every layer but layer 0) or a list; `a` is drawn once per sample at prefill and reused at every
+  decode step, where the new last row is replaced again;
+- `precision="model"` mixes in the scores' own dtype as the official eager code does (in bfloat16, lam = 0.3 is
+  0.30078125); "float32" mixes in float32.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .guidance import MODES, guidance_summary, make_guidance  # noqa: F401  (guidance_summary: re-exported)
+
 SAP_ATTN = "lostattn_sap"
-MODES = ("gaussian_noise", "uniform", "vis_enc_attn", "complexity")
 QUERY_SCOPES = ("last", "text")
+HEAD_SCORES = ("nonvisual_mean", "left_right_mean")
+HEAD_SCOPES = ("sample", "batch")
+PRECISIONS = ("float32", "model")
+VIS_LAYERS = ("feature", "last")
+COMPLEXITY_SOURCES = ("processed", "raw_resized")
 
 
 @dataclass(frozen=True)
 class SAPConfig:
-    """SAP parameters; the defaults are the paper's protocol (full replacement, all layers but 0, all heads,
-    last query only, seed 42)."""
+    """SAP parameters. The defaults are the controlled protocol (full replacement, all layers but 0, all heads, last
+    query only, rescaled guidance, seed 42); `lostattn.protocols` builds the official per-family presets."""
 
     mode: str = "gaussian_noise"
     lam: float = 1.0
@@ -44,19 +59,32 @@ class SAPConfig:
     head_percentile: tuple[float, float] = (0.0, 1.0)
     queries: str = "last"
     seed: int = 42
+    rescale: bool = True
+    head_score: str = "nonvisual_mean"
+    # "sample": one head choice per sample. The official code averages the head score over its batch, and its scripts
+    # run one sample per batch, so "sample" is what produced its results; "batch" reproduces the average for batched
+    # runs, at the price of a record depending on the samples it was batched with.
+    head_scope: str = "sample"
+    precision: str = "float32"
+    vis_layer: str = "feature"  # vis_enc_attn: the vision layer the decoder reads ("feature") or the last ("last")
+    complexity_source: str = "processed"  # complexity: the pixels the tower sees, or the raw image resized (LLaVA)
     # Testing hook: recompute the replaced rows even when lam == 0 (otherwise lam == 0 is the vanilla SDPA path).
     force_recompute: bool = field(default=False, repr=False)
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"SAP mode {self.mode!r} is not one of {MODES}")
+        for name, allowed in (("mode", MODES), ("queries", QUERY_SCOPES), ("head_score", HEAD_SCORES),
+                              ("head_scope", HEAD_SCOPES), ("precision", PRECISIONS), ("vis_layer", VIS_LAYERS),
+                              ("complexity_source", COMPLEXITY_SOURCES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"SAP {name} {getattr(self, name)!r} is not one of {allowed}")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"SAP lam must lie in [0, 1], got {self.lam}")
-        if self.queries not in QUERY_SCOPES:
-            raise ValueError(f"SAP queries {self.queries!r} is not one of {QUERY_SCOPES}")
         lo, hi = self.head_percentile
         if not (0.0 <= lo <= 1.0 and 0.0 <= hi <= 1.0):
             raise ValueError(f"head_percentile {self.head_percentile} must be two numbers in [0, 1]")
+        if lo > hi:
+            raise ValueError(f"head window {lo}-{hi} is inverted: give the lower percentile first "
+                             f"(e.g. --head-min {hi} --head-max {lo})")
         if isinstance(self.layers, str) and self.layers != "all":
             raise ValueError(f"layers must be 'all' or a list of layer indices, got {self.layers!r}")
 
@@ -76,114 +104,66 @@ class SAPConfig:
         return d
 
     def tag(self) -> str:
+        """A file-name tag: the main settings, readable, and a hash of all of them."""
         layers = self.layers if self.layers == "all" else "-".join(map(str, self.layers))
         lo, hi = self.head_percentile
-        return f"sap-{self.mode}-lam{self.lam:g}-L{layers}-h{lo:g}_{hi:g}-q{self.queries}-s{self.seed}"
+        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        return f"sap-{self.mode}-lam{self.lam:g}-L{layers}-h{lo:g}_{hi:g}-q{self.queries}-s{self.seed}-{digest}"
 
 
-# ---- predefined values ----------------------------------------------------------------------------------------
-def _sample_generator(seed: int, key: str) -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}|{key}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-
-
-def dirichlet_ones(n: int, gen: torch.Generator) -> torch.Tensor:
-    """A draw from Dirichlet(1, ..., 1) (uniform on the simplex): normalised Exp(1) variables."""
-    e = -torch.log(torch.rand(n, generator=gen, dtype=torch.float64).clamp_min(1e-300))
-    return (e / e.sum()).float()
-
-
-def patch_complexity(gray: torch.Tensor, patch: int) -> torch.Tensor:
-    """Per-patch complexity of a grey image (H, W): mean |finite-difference gradient| + variance, min-max scaled.
-
-    Patches are read row-major, the order of a ViT's patch tokens.
-    """
-    H, W = gray.shape
-    p = gray[: H - H % patch, : W - W % patch].reshape(H // patch, patch, W // patch, patch).permute(0, 2, 1, 3)
-    p = p.reshape(-1, patch, patch)
-    gx = (p[:, :, 1:] - p[:, :, :-1]).abs().mean(dim=(1, 2))
-    gy = (p[:, 1:, :] - p[:, :-1, :]).abs().mean(dim=(1, 2))
-    s = gx + gy + p.var(dim=(1, 2), unbiased=False)
-    return (s - s.min()) / (s.max() - s.min() + 1e-8)
-
-
-def _grid_pixels(lm, inputs) -> torch.Tensor:
-    if not lm.adapter.spec.grid_images:
-        raise NotImplementedError(
-            f"mode needs one patch grid per image; {lm.adapter.family} tiles images at any resolution. "
-            f"Use mode='gaussian_noise' or 'uniform' for this family.")
-    return inputs["pixel_values"]
-
-
-def vision_encoder_attention(lm, pixel_values: torch.Tensor) -> torch.Tensor:
-    """(B, P): the vision tower's attention at its feature layer, mean over heads and patch queries, over patch keys."""
-    model = lm.model
-    tower = model.model.vision_tower
-    cfg = tower.config
-    old = cfg._attn_implementation
-    cfg._attn_implementation = "eager"  # attention probabilities are only materialised by eager attention
-    try:
-        with torch.no_grad():
-            out = tower(pixel_values.to(next(tower.parameters()).dtype), output_attentions=True,
-                        output_hidden_states=True)
-    finally:
-        cfg._attn_implementation = old
-    layer = model.config.vision_feature_layer
-    if not isinstance(layer, int):
-        layer = layer[-1]
-    att = out.attentions[layer if layer < 0 else layer - 1]  # hidden_states[k] is the output of layer k
-    start = 1 if model.config.vision_feature_select_strategy == "default" else 0
-    return att[:, :, start:, start:].float().mean(dim=2).mean(dim=1)
-
-
-def make_guidance(cfg: SAPConfig, lm, inputs, keys: list[str]) -> list[torch.Tensor]:
-    """The predefined distribution over each sample's visual tokens (one 1-D tensor per sample)."""
-    vis = lm.adapter.visual_mask(inputs["input_ids"]).cpu()
-    n_vis = vis.sum(dim=1).tolist()
-    if cfg.mode == "gaussian_noise":
-        return [dirichlet_ones(n, _sample_generator(cfg.seed, k)) for n, k in zip(n_vis, keys)]
-    if cfg.mode == "uniform":
-        return [torch.full((n,), 1.0 / n) for n in n_vis]
-    if cfg.mode == "complexity":
-        pv = _grid_pixels(lm, inputs).float().cpu()
-        ip = lm.processor.image_processor
-        mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
-        std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
-        rgb = pv * std + mean
-        gray = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
-        patch = lm.model.config.vision_config.patch_size
-        scores = [patch_complexity(g, patch) for g in gray]
-    else:  # vis_enc_attn
-        scores = list(vision_encoder_attention(lm, _grid_pixels(lm, inputs)).cpu())
-    out = []
-    for s, n in zip(scores, n_vis):
-        if s.numel() != n:
-            raise ValueError(f"{cfg.mode}: {s.numel()} patch scores for {n} visual tokens")
-        out.append(torch.softmax(s.float() - s.max(), dim=0))  # as the official code: softmax of the scores
-    return out
+def empty_head_window(n_heads: int, window: tuple[float, float]) -> bool:
+    """True when the percentile window can select no head of `n_heads` with distinct scores: both quantiles fall
+    strictly between the same two sorted scores (linear interpolation), e.g. 0.1-0.11 for 14, 28 or 64 heads (the
+    official OneVision script's default, which therefore changes nothing)."""
+    lo, hi = (p * (n_heads - 1) for p in window)
+    return math.floor(hi) < math.ceil(lo)
 
 
 # ---- the score replacement ------------------------------------------------------------------------------------
+def head_scores(last: torch.Tensor, vis: torch.Tensor, valid: torch.Tensor, rule: str) -> torch.Tensor:
+    """(B, H) head scores from the last query's pre-mask scores `last` (B, H, K), in float32 after rounding each mean
+    to the scores' dtype (as the official code takes the mean of its bfloat16 scores).
+
+    "nonvisual_mean": -mean over the valid non-visual keys; "left_right_mean": -(mean over the valid keys before the
+    image + mean over the keys after it) / 2 (NaN, and so no head, when one side is empty, as in the official code).
+    """
+    pos = torch.arange(vis.shape[1], device=vis.device)[None]
+    if rule == "nonvisual_mean":
+        parts = [valid & ~vis]
+    else:
+        first = torch.where(vis.any(1), torch.where(vis, pos, vis.shape[1]).amin(1), vis.shape[1])
+        lastv = torch.where(vis, pos, -1).amax(1)
+        parts = [valid & ~vis & (pos < first[:, None]), valid & ~vis & (pos > lastv[:, None])]
+    means = []
+    for m in parts:
+        n = m.sum(-1)[:, None].float()
+        mean = (last.float() * m[:, None, :]).sum(-1) / n
+        means.append(torch.where(n > 0, mean, torch.full_like(mean, float("nan"))).to(last.dtype).float())
+    return -sum(means) / len(means)
+
+
 def mix_scores(scores: torch.Tensor, vis: torch.Tensor, valid: torch.Tensor, guide: torch.Tensor,
                mean_score: torch.Tensor, rowsel: torch.Tensor, cfg: SAPConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace pre-mask scores (B, H, R, K) of the selected rows, heads and visual columns.
+    """Replace pre-mask scores (B, H, R, K) of the selected rows, heads and visual columns, in the scores' dtype.
 
     vis, valid: (B, K) visual / non-padding keys; guide: (B, K) the distribution on visual keys (0 elsewhere);
     mean_score: (B,) mean of the sample's full score matrix; rowsel: (B, R) rows SAP may change (the last row R-1
     is the current last query, used for head selection). Returns (new scores, head selection (B, H)).
     """
-    nonvis = valid & ~vis
-    last = scores[:, :, -1, :]
-    head_score = -(last * nonvis[:, None, :]).sum(-1) / nonvis.sum(-1).clamp_min(1)[:, None]
-    lo, hi = cfg.head_percentile
-    lo, hi = min(lo, hi), max(lo, hi)
-    q = torch.quantile(head_score, torch.tensor([lo, hi], dtype=head_score.dtype, device=head_score.device),
-                       dim=-1, keepdim=True)  # (2, B, 1)
-    heads = (head_score >= q[0]) & (head_score <= q[1])
-    mean_a = guide.sum(-1) / vis.sum(-1).clamp_min(1)
-    a = guide * (mean_score.abs() / (2 * mean_a.abs().clamp_min(1e-30)))[:, None]
-    keep = 0.0 if cfg.lam >= 1.0 else 1.0 - cfg.lam
-    mixed = keep * scores + cfg.lam * a[:, None, None, :]
+    dt = scores.dtype
+    hs = head_scores(scores[:, :, -1, :], vis, valid, cfg.head_score)
+    if cfg.head_scope == "batch":
+        hs = hs.mean(0, keepdim=True).expand_as(hs)
+    q = torch.quantile(hs, torch.tensor(cfg.head_percentile, dtype=hs.dtype, device=hs.device), dim=-1,
+                       keepdim=True)  # (2, B, 1)
+    heads = (hs >= q[0]) & (hs <= q[1])
+    a = guide.to(dt)
+    if cfg.rescale:
+        mean_a = (a * vis).sum(-1) / vis.sum(-1).clamp_min(1)
+        a = a * (mean_score.to(dt).abs() / (2 * mean_a.abs()).clamp_min(torch.finfo(dt).tiny))[:, None]
+    lam = torch.tensor(cfg.lam, dtype=dt, device=scores.device)
+    keep = torch.zeros((), dtype=dt, device=scores.device) if cfg.lam >= 1.0 else 1 - lam
+    mixed = keep * scores + lam * a[:, None, None, :]
     sel = heads[:, :, None, None] & rowsel[:, None, :, None] & vis[:, None, None, :]
     return torch.where(sel, mixed, scores), heads
 
@@ -194,6 +174,8 @@ class SAPState:
     def __init__(self, cfg: SAPConfig, vis: torch.Tensor, valid: torch.Tensor, guide: torch.Tensor):
         self.cfg, self.vis, self.valid, self.guide = cfg, vis, valid, guide
         self.calls = 0
+        self.heads: list[torch.Tensor] = []  # head selection of each call (B, H), kept for inspection when asked
+        self.keep_heads = False
 
     @staticmethod
     def _fit(t: torch.Tensor, K: int, fill) -> torch.Tensor:
@@ -215,12 +197,14 @@ class SAPState:
         valid = self._fit(self.valid.to(dev), K, True)
         guide = self._fit(self.guide.to(dev), K, 0.0)
         scaling = scaling if scaling is not None else D**-0.5
-        k = repeat_kv(key, H // key.shape[1]).float()
-        v = repeat_kv(value, H // value.shape[1]).float()
-        qf = query.float()
+        dt = query.dtype if self.cfg.precision == "model" else torch.float32
+        k = repeat_kv(key, H // key.shape[1]).to(dt)
+        v = repeat_kv(value, H // value.shape[1]).to(dt)
+        q = query.to(dt)
         qvalid = valid[:, K - Q:]
+        qf, kf = query.float(), k.float()
         qbar = (qf * qvalid[:, None, :, None]).sum(2) / qvalid.sum(1).clamp_min(1)[:, None, None]
-        kbar = (k * valid[:, None, :, None]).sum(2) / valid.sum(1).clamp_min(1)[:, None, None]
+        kbar = (kf * valid[:, None, :, None]).sum(2) / valid.sum(1).clamp_min(1)[:, None, None]
         mean_score = scaling * (qbar * kbar).sum(-1).mean(-1)  # (B,)
 
         qpos = torch.arange(K - Q, K, device=dev)  # absolute positions of the query rows
@@ -234,10 +218,12 @@ class SAPState:
             keep = rowsel.any(0)
             keep[-1] = True
             rows, rowsel = rows[keep], rowsel[:, keep]
-        scores = scaling * torch.matmul(qf[:, :, rows], k.transpose(-1, -2))  # (B, H, R, K)
-        scores, _ = mix_scores(scores, vis, valid, guide, mean_score, rowsel, self.cfg)
+        scores = torch.matmul(q[:, :, rows], k.transpose(-1, -2)) * scaling  # (B, H, R, K), as the official order
+        scores, heads = mix_scores(scores, vis, valid, guide, mean_score, rowsel, self.cfg)
+        if self.keep_heads:
+            self.heads.append(heads.cpu())
         allowed = (torch.arange(K, device=dev)[None, :] <= qpos[rows][:, None])[None, None] & valid[:, None, None, :]
-        probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1, dtype=torch.float32).to(dt)
         o = torch.matmul(probs, v).transpose(1, 2).to(out.dtype)  # (B, R, H, D)
         out = out.clone()
         out[:, rows] = torch.where(rowsel[:, :, None, None], o, out[:, rows])
@@ -257,17 +243,36 @@ def sap_attention_forward(module, query, key, value, attention_mask, dropout: fl
 AttentionInterface.register(SAP_ATTN, sap_attention_forward)
 AttentionMaskInterface.register(SAP_ATTN, sdpa_mask)
 
+_WARNED: set = set()
+
+
+def warn_if_no_head(cfg: SAPConfig, n_heads: int, family: str) -> bool:
+    """Say loudly (once per setting) when the head window selects no head: SAP then changes nothing."""
+    if not empty_head_window(n_heads, cfg.head_percentile):
+        return False
+    key = (cfg.head_percentile, n_heads)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        lo, hi = cfg.head_percentile
+        warnings.warn(f"SAP head window {lo:g}-{hi:g} selects no head of the {n_heads} heads of this {family} model "
+                      f"(torch.quantile interpolates both bounds between the same two heads): SAP changes nothing "
+                      f"and every score equals the vanilla model's. This is the official OneVision script's default; "
+                      f"pass another window (--head-min/--head-max) to replace attention.", stacklevel=3)
+    return True
+
 
 @contextmanager
-def sap(lm, cfg: SAPConfig, inputs, keys: list[str] | None = None):
-    """Run the model with SAP for one batch of processor `inputs`; `keys` (one per sample) seed the noise so that a
-    sample gets the same draw whatever batch it is in."""
+def sap(lm, cfg: SAPConfig, inputs, keys: list[str] | None = None, images=None):
+    """Run the model with SAP for one batch of processor `inputs`; `keys` (one per sample) seed the random modes so
+    that a sample gets the same draw whatever batch it is in; `images` (the raw PIL images) are needed only by
+    `complexity_source="raw_resized"`."""
     ids = inputs["input_ids"]
     keys = keys or [str(i) for i in range(ids.shape[0])]
     vis = lm.adapter.visual_mask(ids)
     valid = inputs.get("attention_mask", torch.ones_like(ids)).bool()
+    warn_if_no_head(cfg, lm.adapter.text_config.num_attention_heads, lm.adapter.family)
     guide = torch.zeros(ids.shape, dtype=torch.float32)
-    for b, g in enumerate(make_guidance(cfg, lm, inputs, keys)):
+    for b, g in enumerate(make_guidance(cfg, lm, inputs, keys, images)):
         guide[b, vis[b].cpu()] = g
     state = SAPState(cfg, vis, valid, guide.to(ids.device))
     tc = lm.adapter.text_config
@@ -282,10 +287,3 @@ def sap(lm, cfg: SAPConfig, inputs, keys: list[str] | None = None):
         tc._attn_implementation = old
         for i in chosen:
             del lm.adapter.attn(i)._lostattn_sap
-
-
-def guidance_summary(g: torch.Tensor) -> dict:
-    """Entropy (nats) and max of a guidance distribution, for reports."""
-    p = g.double().clamp_min(1e-300)
-    return {"entropy": float(-(p * p.log()).sum()), "max": float(g.max()), "n": int(g.numel()),
-            "uniform_entropy": float(np.log(g.numel()))}

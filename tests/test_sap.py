@@ -6,7 +6,9 @@ import torch
 
 from lostattn.evaluate import generate_batch
 from lostattn.prompts import prepare_inputs
-from lostattn.sap import SAPConfig, dirichlet_ones, mix_scores, patch_complexity, sap
+from lostattn.guidance import dirichlet_ones, patch_complexity
+from lostattn.models.layouts import split_patches
+from lostattn.sap import SAPConfig, mix_scores, sap
 
 
 @pytest.fixture(scope="module")
@@ -177,10 +179,9 @@ def test_guidance_distributions():
     torch.testing.assert_close(draws.mean(0), torch.full((4,), 0.25), atol=0.01, rtol=0)
     # Dirichlet(1) marginals are Beta(1, n-1): variance (n-1)/(n^2 (n+1)) = 3/80 for n = 4
     assert draws.var(0).mean().item() == pytest.approx(3 / 80, rel=0.1)
-    flat = torch.zeros(16, 16)
-    busy = flat.clone()
-    busy[8:, 8:] = torch.rand(8, 8, generator=g)
-    c = patch_complexity(busy, 8)
+    busy = torch.zeros(3, 16, 16)
+    busy[:, 8:, 8:] = torch.rand(8, 8, generator=g)
+    c = patch_complexity(split_patches(busy, 8))
     assert c.argmax().item() == 3 and c[:3].max().item() == 0.0
 
 

@@ -1,0 +1,258 @@
+"""How each kind of model turns an image into the decoder's visual tokens, for the SAP modes that score image
+regions (`complexity`) or read the vision tower's own attention (`vis_enc_attn`).
+
+Three layouts cover the supported families (which family uses which is in `adapters.FAMILIES`):
+
+- `GridLayout` (LLaVA-1.5): one tile, one visual token per vision patch, row-major (the CLS token dropped under the
+  `default` feature strategy).
+- `AnyresLayout` (LLaVA-NeXT, LLaVA-OneVision): the base image (one tile) then the high-resolution grid of tiles,
+  unpadded, with one image-newline token closing each row (OneVision: a lone base tile gets one newline too, and a
+  large grid is bilinearly downsampled). The model's own `pack_image_features` places the tokens, so the mapping here
+  is the model's by construction: per-patch scores are packed exactly as the patch features are, with NaN where a
+  token holds no patch (the newlines).
+- `MergedLayout` (Qwen2-VL, Qwen2.5-VL): one visual token per 2x2 group of vision patches (the merger), in row-major
+  order of the merged grid; inside the vision tower Qwen2.5-VL orders the groups by attention window, which is undone.
+
+Each layout gives, per image, a map over its tiles' patches (`patch_pixels` for complexity, the attention each
+patch receives for vis_enc_attn) and `pack`s such maps into one value per visual token.
+"""
+from __future__ import annotations
+
+import importlib
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+RECORD_ATTN = "lostattn_record"
+
+
+def _denormalise(pixels: torch.Tensor, processor) -> torch.Tensor:
+    """Processor pixel values (..., 3, h, w) back to RGB in [0, 1]."""
+    ip = processor.image_processor
+    mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(ip.image_std, dtype=torch.float32).view(3, 1, 1)
+    return (pixels.float().cpu() * std + mean).clamp(0, 1)
+
+
+def split_patches(img: torch.Tensor, patch: int) -> torch.Tensor:
+    """(3, H, W) -> (P, 3, patch, patch), patches read row-major (a ViT's token order)."""
+    c, h, w = img.shape
+    img = img[:, : h - h % patch, : w - w % patch]
+    p = img.reshape(c, h // patch, patch, w // patch, patch).permute(1, 3, 0, 2, 4)
+    return p.reshape(-1, c, patch, patch)
+
+
+# ---- recording one vision layer's attention ----------------------------------------------------------------------
+class _Recorder:
+    """Called by the attention function of the one vision layer being read: reduces its attention probabilities
+    (B, heads, L, L) with `reduce` and keeps the result of every call (one per chunk for Qwen's per-image chunks)."""
+
+    def __init__(self, reduce):
+        self.reduce, self.out = reduce, []
+
+    def __call__(self, query, key, scaling, attention_mask):
+        k = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1) if key.shape[1] != query.shape[1] else key
+        per_head = []
+        for h in range(query.shape[1]):  # one head at a time: L x L stays small even for large images
+            s = torch.matmul(query[:, h].float(), k[:, h].float().transpose(-1, -2)) * scaling
+            if attention_mask is not None and attention_mask.dtype != torch.bool:
+                s = s + attention_mask[:, 0].float()
+            per_head.append(self.reduce(torch.softmax(s, dim=-1)))
+        self.out.append(torch.stack(per_head, 1).mean(1))  # mean over heads -> (B, P)
+
+
+def _record_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    rec = getattr(module, "_lostattn_record", None)
+    if rec is not None:
+        rec(query, key, scaling if scaling is not None else query.shape[-1] ** -0.5, attention_mask)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  **kwargs)
+
+
+AttentionInterface.register(RECORD_ATTN, _record_forward)
+AttentionMaskInterface.register(RECORD_ATTN, sdpa_mask)
+
+
+@contextmanager
+def _recording(tower_config, attn_module, reduce):
+    rec = _Recorder(reduce)
+    old = tower_config._attn_implementation
+    tower_config._attn_implementation = RECORD_ATTN
+    attn_module._lostattn_record = rec
+    try:
+        yield rec
+    finally:
+        tower_config._attn_implementation = old
+        del attn_module._lostattn_record
+
+
+def _mean_over_queries(drop_first: bool):
+    def reduce(p):  # (B, L, L) -> attention each key receives, mean over queries
+        if drop_first:
+            p = p[:, 1:, 1:]
+        return p.mean(1)
+    return reduce
+
+
+# ---- the three layouts ---------------------------------------------------------------------------------------------
+class GridLayout:
+    """One tile per image; one token per patch (LLaVA-1.5)."""
+
+    kind = "grid"
+
+    def tower(self, lm):
+        return lm.model.model.vision_tower
+
+    def vision_layers(self, lm):
+        tower = self.tower(lm)
+        return getattr(tower, "vision_model", tower).encoder.layers
+
+    def feature_layer(self, lm) -> int:
+        """Index of the vision layer whose output the decoder receives (`vision_feature_layer`)."""
+        layer = lm.model.config.vision_feature_layer
+        layer = layer if isinstance(layer, int) else layer[-1]
+        n = len(self.vision_layers(lm))
+        return layer - 1 if layer >= 0 else n + layer  # hidden_states[k] is the output of layer k - 1
+
+    def _drops_cls(self, lm) -> bool:
+        return lm.model.config.vision_feature_select_strategy == "default"
+
+    def tiles(self, lm, inputs) -> list[torch.Tensor]:
+        """Per image, the processed tiles (T, 3, h, w) as the vision tower sees them (normalised)."""
+        return list(inputs["pixel_values"][:, None])
+
+    def patch_size(self, lm) -> int:
+        return lm.model.config.vision_config.patch_size
+
+    def patch_pixels(self, lm, inputs) -> list[torch.Tensor]:
+        """Per image (T, P, 3, p, p): each tile's patches in RGB [0, 1]."""
+        p = self.patch_size(lm)
+        return [torch.stack([split_patches(t, p) for t in _denormalise(tiles, lm.processor)])
+                for tiles in self.tiles(lm, inputs)]
+
+    def received_attention(self, lm, inputs, layer: int) -> list[torch.Tensor]:
+        """Per image (T, P): the attention each patch receives in vision layer `layer`, mean over heads and patch
+        queries."""
+        tiles = self.tiles(lm, inputs)
+        flat = torch.cat(tiles).to(lm.device, next(self.tower(lm).parameters()).dtype)
+        attn = self.vision_layers(lm)[layer].self_attn
+        with torch.no_grad(), _recording(self.tower(lm).config, attn, _mean_over_queries(self._drops_cls(lm))) as rec:
+            self.tower(lm)(flat, output_hidden_states=False)
+        maps = torch.cat(rec.out).cpu()
+        return list(torch.split(maps, [t.shape[0] for t in tiles]))
+
+    def pack(self, lm, inputs, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [m.reshape(-1).float() for m in maps]
+
+
+class AnyresLayout(GridLayout):
+    """Base image plus a grid of high-resolution tiles, unpadded, newline tokens (LLaVA-NeXT, LLaVA-OneVision)."""
+
+    kind = "anyres"
+
+    def _num_tiles(self, lm, inputs) -> list[int]:
+        mod = importlib.import_module(type(lm.model).__module__)
+        cfg = lm.model.config
+        return [mod.image_size_to_num_patches(image_size=s, grid_pinpoints=cfg.image_grid_pinpoints,
+                                              patch_size=cfg.vision_config.image_size)
+                for s in inputs["image_sizes"].tolist()]
+
+    def tiles(self, lm, inputs) -> list[torch.Tensor]:
+        return [pv[:n] for pv, n in zip(inputs["pixel_values"], self._num_tiles(lm, inputs))]
+
+    def pack(self, lm, inputs, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        inner = lm.model.model
+        feats = [m.float()[..., None] for m in maps]  # (T, P, 1): a one-channel "feature" per patch
+        nan = torch.tensor([float("nan")])
+        kw = dict(image_sizes=inputs["image_sizes"], image_newline=nan)
+        if "vision_aspect_ratio" in inner.pack_image_features.__code__.co_varnames:
+            kw["vision_aspect_ratio"] = lm.model.config.vision_aspect_ratio
+        else:
+            kw["vision_feature_select_strategy"] = lm.model.config.vision_feature_select_strategy
+        packed, _ = inner.pack_image_features(feats, **kw)  # one (n_tokens, 1) tensor per image
+        return [p[:, 0] for p in packed]
+
+
+class MergedLayout:
+    """One token per 2x2 group of patches (Qwen2-VL, Qwen2.5-VL)."""
+
+    kind = "merged"
+
+    def tower(self, lm):
+        return lm.model.model.visual
+
+    def vision_layers(self, lm):
+        return self.tower(lm).blocks
+
+    def feature_layer(self, lm) -> int:
+        return len(self.vision_layers(lm)) - 1  # the merger reads the last block
+
+    def _grids(self, inputs) -> list[tuple[int, int, int]]:
+        return [tuple(int(v) for v in g) for g in inputs["image_grid_thw"].tolist()]
+
+    def patch_pixels(self, lm, inputs) -> list[torch.Tensor]:
+        """Per image (1, G, 3, 2p, 2p): the pixels of each merged token, rebuilt from the processor's flattened
+        patches (each row holds (3, temporal, p, p); four consecutive rows are one merge group, row-major)."""
+        ip = lm.processor.image_processor
+        p, m, t = ip.patch_size, ip.merge_size, ip.temporal_patch_size
+        out, start = [], 0
+        for gt, gh, gw in self._grids(inputs):
+            n = gt * gh * gw
+            rows = inputs["pixel_values"][start:start + n].float().cpu().reshape(n, 3, t, p, p)[:, :, 0]
+            start += n
+            g = rows.reshape(-1, m, m, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(-1, 3, m * p, m * p)
+            out.append(_denormalise(g, lm.processor)[None])
+        return out
+
+    def received_attention(self, lm, inputs, layer: int) -> list[torch.Tensor]:
+        """Per image (1, G): attention received per merged token in vision block `layer` (a full-attention block),
+        pooled as the official code does: max over the 2x2 group on the query and the key side, mean over queries and
+        heads, window order undone (Qwen2.5-VL)."""
+        tower = self.tower(lm)
+        full = getattr(tower, "fullatt_block_indexes", None)
+        if full is not None and layer not in full:
+            raise ValueError(f"vision block {layer} of {lm.adapter.family} attends within windows; vis_enc_attn reads a "
+                             f"full-attention block ({sorted(full)})")
+        unit = tower.spatial_merge_size ** 2
+
+        def reduce(prob):  # (1, L, L) in the tower's order -> (1, G)
+            g = prob.shape[-1] // unit
+            pooled = prob.reshape(prob.shape[0], g, unit, g, unit).amax(2).amax(3)
+            return pooled.mean(1)
+
+        grids = self._grids(inputs)
+        with torch.no_grad(), _recording(tower.config, self.vision_layers(lm)[layer].attn, reduce) as rec:
+            tower(inputs["pixel_values"].to(lm.device, next(tower.parameters()).dtype),
+                  grid_thw=inputs["image_grid_thw"])
+        if len(rec.out) != len(grids):
+            raise RuntimeError(f"expected one attention chunk per image ({len(grids)}), got {len(rec.out)}")
+        maps = [o.cpu() for o in rec.out]
+        if hasattr(tower, "window_size"):  # Qwen2.5-VL: groups are in window order inside the tower
+            mod = importlib.import_module(type(tower).__module__)
+            for i, grid in enumerate(grids):
+                win, _ = mod.get_vision_window_index(torch.tensor([grid]), spatial_merge_size=tower.spatial_merge_size,
+                                                     window_size=tower.window_size, patch_size=tower.patch_size,
+                                                     kwargs={})
+                maps[i] = maps[i][:, torch.argsort(win.cpu())]
+        return maps
+
+    def pack(self, lm, inputs, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [m.reshape(-1).float() for m in maps]
+
+
+LAYOUTS = {"grid": GridLayout(), "anyres": AnyresLayout(), "merged": MergedLayout()}
+
+
+def resized_raw_patches(image, height: int, width: int, patch: int) -> torch.Tensor:
+    """(P, 3, patch, patch) from the raw PIL image resized (bicubic, no crop) to `height` x `width` and split
+    row-major: the official LLaVA script's complexity input."""
+    img = image.convert("RGB").resize((width, height))
+    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
+    return split_patches(x, patch)
+
+
+__all__ = ["LAYOUTS", "GridLayout", "AnyresLayout", "MergedLayout", "split_patches", "resized_raw_patches"]
