@@ -1,21 +1,43 @@
-"""Turning a question into the model's prompt, through the processor's own chat template."""
+"""Turning a question into the model's prompt: through the processor's own chat template, with the image and the text
+in the order the protocol gives (or a prompt typed out by the official script, for LLaVA-1.5)."""
 from __future__ import annotations
 
 
-def chat_prompt(processor, question: str, with_image: bool = True) -> str:
-    """The generation prompt for one question: the image placeholder (when there is an image), then the text."""
-    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
+def chat_prompt(processor, question: str, with_image: bool = True, protocol=None) -> str:
+    """The generation prompt for one question. Without a protocol: the image placeholder first, then the text."""
+    order = protocol.content_order if protocol is not None else ("image", "text")
+    if protocol is not None and protocol.literal_prompt is not None:
+        template = protocol.literal_prompt if with_image else protocol.literal_prompt.replace("<image>\n", "")
+        return template.format(text=question)
+    parts = {"image": {"type": "image"}, "text": {"type": "text", "text": question}}
+    content = [parts[p] for p in order if with_image or p != "image"]
     messages = [{"role": "user", "content": content}]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def prepare_inputs(lm, samples, blind: bool = False):
-    """Processor inputs for a batch of samples (left-padded), on the model's device; images dropped when `blind`."""
+def load_images(samples, blind: bool = False, protocol=None) -> list | None:
+    """Each sample's image as the protocol hands it to the processor, or None for a text-only batch."""
+    if blind:
+        return None
+    images = [s.load_image() for s in samples]
+    if any(im is None for im in images):
+        if not all(im is None for im in images):
+            raise ValueError("a batch mixes samples with and without an image; batch them separately "
+                             "(lostattn.evaluate groups samples by image presence)")
+        return None
+    return [protocol.prepare_image(im) for im in images] if protocol is not None else images
+
+
+def prepare_inputs(lm, samples, blind: bool = False, protocol=None, images=None):
+    """Processor inputs for a batch of samples (left-padded), on the model's device; images dropped when `blind`.
+    `images` may be given when already loaded (`load_images`)."""
     proc = lm.processor
-    images = None if blind else [s.load_image() for s in samples]
-    has_img = images is not None and all(im is not None for im in images)
-    kw = dict(text=[chat_prompt(proc, s.question, with_image=has_img) for s in samples], padding=True,
-              return_tensors="pt")
+    if images is None:
+        images = load_images(samples, blind, protocol)
+    has_img = images is not None
+    text = [chat_prompt(proc, protocol.question_text(s.question) if protocol is not None else s.question,
+                        with_image=has_img, protocol=protocol) for s in samples]
+    kw = dict(text=text, padding=True, return_tensors="pt")
     if has_img:
         kw["images"] = images
     inputs = proc(**kw).to(lm.device)
