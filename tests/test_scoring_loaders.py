@@ -103,8 +103,12 @@ def test_mmmu_mathvista_realworldqa_hallusion(tmp_path):
     s = load_benchmark("mathvista", mv)
     assert s[0].kind == "numeric" and s[1].kind == "mc" and s[1].answer == "B"
     rw = tmp_path / "rwqa.jsonl"
-    rw.write_text(json.dumps({"question": "Where? Answer with the letter.", "answer": "C", "image": img}))
-    assert load_benchmark("realworldqa", rw)[0].kind == "mc"
+    rw.write_text(json.dumps({"question": "Where?\nA. left\nB. middle\nC. right\nAnswer with the letter.",
+                              "answer": "(C)", "image": img}) + "\n"
+                  + json.dumps({"question": "What does the sign say?", "answer": "C", "image": img}))
+    got = load_benchmark("realworldqa", rw)
+    assert [(x.kind, x.answer) for x in got] == [("mc", "C"), ("short", "C")]
+    assert got[0].options == {"A": "left", "B": "middle", "C": "right"}
     hb = tmp_path / "HallusionBench.json"
     hb.write_text(json.dumps([{"category": "VD", "subcategory": "illusion", "set_id": "0", "figure_id": "0",
                                "question_id": "0", "question": "Is it red?", "gt_answer": "1", "filename": img,
@@ -119,13 +123,13 @@ def test_mmmu_mathvista_realworldqa_hallusion(tmp_path):
 def test_loader_errors_name_file_and_field(tmp_path):
     f = tmp_path / "vmc.jsonl"
     f.write_text(json.dumps({"question": "q", "A": "a", "B": "b", "image": "x.png"}))
-    with pytest.raises(ValueError, match=r"vmc.jsonl: record 0 has no field 'answer'"):
+    with pytest.raises(ValueError, match=r"vmc.jsonl: record 0 \(line 1\): no field 'answer'"):
         load_benchmark("vmcbench", f)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_benchmark("pope", tmp_path / "nope.json")
     bad = tmp_path / "pope.json"
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match="not valid json"):
+    with pytest.raises(ValueError, match="not valid JSON: .* at line 1, column 2"):
         load_benchmark("pope", bad)
     with pytest.raises(ValueError, match="unknown benchmark"):
         load_benchmark("gqa", f)

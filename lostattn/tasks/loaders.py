@@ -1,252 +1,313 @@
-"""Loaders for the synthetic suite and the paper's seven benchmarks, from local files in their public formats.
+"""The synthetic suite and the paper's seven benchmarks, declared as entries of one registry, read from local files.
 
-| benchmark      | file                                   | fields used                                              |
-|----------------|----------------------------------------|----------------------------------------------------------|
-| pope           | .json/.jsonl (official or lmms-eval)   | question or text, answer or label, image, category*      |
-| 3dsrbench      | .tsv (VLMEvalKit) or .json/.jsonl      | question, A, B, C*, D*, answer, category*, image         |
-| realworldqa    | .json/.jsonl/.tsv (lmms-eval)          | question, answer, image                                  |
-| mmmu           | .json/.jsonl/.tsv (lmms-eval)          | id, question, options, answer, image_1, question_type*   |
-| vmcbench       | .tsv/.json/.jsonl                      | question, A, B, C, D, answer, category*, image           |
-| mathvista      | .json (testmini, keyed by pid)         | question or query, image, answer, question_type, choices*|
-| hallusionbench | .json (HallusionBench.json)            | question, gt_answer, category, filename*, visual_input*  |
+| benchmark      | paper name     | answer kinds       | files                                                     |
+|----------------|----------------|--------------------|-----------------------------------------------------------|
+| synthetic      | Synthetic      | yesno, short, mc   | generated (optional definition .json)                     |
+| pope           | POPE           | yesno              | official .json/.jsonl; lmms-lab/POPE folder               |
+| 3dsrbench      | 3DSRBench      | mc                 | VLMEvalKit .tsv; .json/.jsonl; parquet folder             |
+| realworldqa    | RealWorldQA    | mc, short          | lmms-lab/RealWorldQA folder; .json/.jsonl/.tsv            |
+| mmmu           | MMMU           | mc, short          | MMMU/MMMU folder (per-subject parquet); .json/.jsonl/.tsv |
+| vmcbench       | VMCBench       | mc                 | suyc21/VMCBench folder; VLMEvalKit .tsv; .json/.jsonl     |
+| mathvista      | MathVista      | mc, numeric, short | AI4Math/MathVista folder; testmini .json keyed by pid     |
+| hallusionbench | HallusionBench | yesno              | lmms-lab/HallusionBench folder; HallusionBench.json       |
 
-(* optional). `image` fields hold a path (relative to the file's folder or to `image_root`) or a base64 string.
-POPE's category defaults to the subset named in the file name (coco_pope_random.json -> random).
-Prompts are fixed per benchmark: the official VMCBench wording for every option-letter question, lmms-eval's
-short-answer suffix elsewhere.
+| benchmark      | fields read besides the id (* optional; a/b: the first present)                    |
+|----------------|------------------------------------------------------------------------------------|
+| synthetic      | -                                                                                  |
+| pope           | question/text, answer/label, image/image_source, category*                         |
+| 3dsrbench      | question, A, B, C*, D*, answer, image/image_path, category*                        |
+| realworldqa    | question, answer, image                                                            |
+| mmmu           | question, options, answer, image_1, question_type*, subfield*                      |
+| vmcbench       | question, A, B, C, D, answer, image, category*                                     |
+| mathvista      | question_type, answer, query/question, decoded_image/image, choices*, answer_type* |
+| hallusionbench | question, gt_answer, category, image/filename*, visual_input*                      |
+
+| benchmark      | record id: the first field present (a+b: joined with '_'), else the row number |
+|----------------|--------------------------------------------------------------------------------|
+| synthetic      | generated                                                                      |
+| pope           | id or question_id                                                              |
+| 3dsrbench      | index or id                                                                    |
+| realworldqa    | index or id                                                                    |
+| mmmu           | id                                                                             |
+| vmcbench       | index or id                                                                    |
+| mathvista      | pid or id                                                                      |
+| hallusionbench | category+subcategory+set_id+figure_id+question_id                              |
+
+| benchmark      | prompt                                                                                        |
+|----------------|-----------------------------------------------------------------------------------------------|
+| synthetic      | each family's question and instruction (lostattn.tasks.synthetic)                             |
+| pope           | question, then "Answer the question using a single word or phrase."                           |
+| 3dsrbench      | VMCBench's: Question, Options (A. …), "Answer ONLY option's letter from the given choices."   |
+| realworldqa    | the question as published (it lists its options and says how to answer)                       |
+| mmmu           | Question, Options (A. …), then lmms-eval's MMMU letter instruction; open questions as POPE's  |
+| vmcbench       | the official: Question, Options (A. …), "Answer ONLY option's letter from the given choices." |
+| mathvista      | the published query (hint, question, choices); multi_choice without a query: VMCBench's       |
+| hallusionbench | question, then "Answer yes or no."                                                            |
+
+A folder is a Hugging Face dataset as the hub serves it (parquet files, `--split` picks the split) or as
+`datasets.save_to_disk` writes it (a Dataset, or a DatasetDict whose split `--split` picks); see
+`lostattn.tasks.sources` for every input form and `lostattn.tasks.images` for image fields (paths relative to the
+file's folder or to `image_root`, base64, the `datasets` Image feature). HallusionBench's `--split test` reads its
+image + non_image splits, POPE's `Full` folder its three subsets. POPE's category defaults to the subset named in
+the file name (coco_pope_random.json -> random).
+
+What the loaders refuse (each error names the input, the record and the field, and the fix): two records with one
+id; a yes/no answer that is neither; a multiple-choice answer that is not one of the record's options (MMMU,
+VMCBench, 3DSRBench, MathVista, RealWorldQA); an empty answer (MMMU's and MathVista's test splits publish none); an
+image field holding something that is not an image; an image file that does not exist.
+
+RealWorldQA, decided where the data are ambiguous: a question that lists options (lines "A. text", "A) text" or
+"(A) text", running A, B, ...) is multiple choice, whatever the form of its answer; the answer "C", "(C)", "C." or
+"C)" is read as the letter C, an answer equal to one option's text as that option's letter, and anything else, or a
+letter the question does not list, is refused. A question that lists no options is a short answer, scored on its
+text as given (normalised matching ignores brackets and dots), so a letter read off a sign stays a short answer.
 """
 from __future__ import annotations
 
 import ast
-import base64
-import io
-import json
 import re
 from pathlib import Path
 
-import pandas as pd
-from PIL import Image
-
+from .registry import REGISTRY, Benchmark, Record, display_name, formats_table, get_benchmark, register
+from .scoring import normalize
 from .synthetic import MC_SUFFIX, SyntheticBenchmark, SyntheticConfig
 from .types import VQASample
 
 SHORT = "Answer the question using a single word or phrase."
-BENCHMARKS = ("synthetic", "pope", "3dsrbench", "realworldqa", "mmmu", "vmcbench", "mathvista", "hallusionbench")
+MMMU_MC_SUFFIX = "Answer with the option's letter from the given choices directly."
 
 
-def _read_records(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"benchmark file {path} does not exist")
-    suf = path.suffix.lower()
-    try:
-        if suf == ".jsonl":
-            return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-        if suf == ".json":
-            data = json.loads(path.read_text())
-            if isinstance(data, dict):  # MathVista: {pid: record}
-                return [{"pid": k, **v} for k, v in data.items()]
-            return data
-        if suf in (".tsv", ".csv"):
-            return pd.read_csv(path, sep="\t" if suf == ".tsv" else ",", dtype=str, keep_default_na=False
-                               ).to_dict("records")
-    except (json.JSONDecodeError, pd.errors.ParserError) as e:
-        raise ValueError(f"{path} is not valid {suf[1:]}: {e}") from e
-    raise ValueError(f"{path}: unsupported file type {suf!r} (use .json, .jsonl, .tsv or .csv)")
-
-
-class _Fields:
-    """Field access that names the file, record and field when something is missing."""
-
-    def __init__(self, path: Path, bench: str):
-        self.path, self.bench = path, bench
-
-    def get(self, rec: dict, i: int, *names: str, required: bool = True, default=None):
-        for n in names:
-            v = rec.get(n)
-            if v is not None and not (isinstance(v, float) and pd.isna(v)) and v != "":
-                return v
-        if required:
-            raise ValueError(f"{self.path}: record {i} has no field {' or '.join(repr(n) for n in names)} "
-                             f"(needed by {self.bench}); fields present: {sorted(rec)}")
-        return default
-
-
-class _B64Image:
-    def __init__(self, data: str):
-        self.data = data
-
-    def __call__(self) -> Image.Image:
-        return Image.open(io.BytesIO(base64.b64decode(self.data))).convert("RGB")
-
-
-def _image(value, path: Path, image_root: str | Path | None):
-    if value is None:
-        return None
-    if isinstance(value, dict) and "bytes" in value:  # datasets' Image feature exported to JSON
-        return _B64Image(value["bytes"]) if isinstance(value["bytes"], str) else None
-    s = str(value)
-    if len(s) > 256 and "/" not in s[:64] and "." not in s[-8:]:
-        return _B64Image(s)
-    root = Path(image_root) if image_root else path.parent
-    return root / s
-
-
-def _mc_question(question: str, options: dict[str, str], suffix: str = MC_SUFFIX) -> str:
+def mc_question(question: str, options: dict[str, str], suffix: str = MC_SUFFIX) -> str:
+    """The multiple-choice prompt of the official VMCBench code: question, lettered options, instruction."""
     body = "\n".join(f"{k}. {v}" for k, v in options.items())
     return f"Question: {question}\nOptions:\n{body}\n{suffix}"
 
 
-def _letter_options(rec: dict) -> dict[str, str]:
-    return {k: str(rec[k]) for k in "ABCDEFGH" if k in rec and str(rec[k]).strip() not in ("", "nan")}
+def _letter(answer: str) -> str | None:
+    """'C', '(C)', 'C.', 'C)' -> 'C'; anything else -> None."""
+    m = re.fullmatch(r"\(?([A-Z])\)?\.?", answer.strip())
+    return m.group(1) if m else None
 
 
-def _limit(samples: list[VQASample], limit_per_family: int | None) -> list[VQASample]:
-    if limit_per_family is None:
-        return samples
-    seen: dict[str, int] = {}
-    out = []
-    for s in samples:
-        if seen.get(s.family, 0) < limit_per_family:
-            seen[s.family] = seen.get(s.family, 0) + 1
-            out.append(s)
-    return out
+# ---- synthetic -------------------------------------------------------------------------------------------------
+def _synthetic(path, split: str, limit_per_family: int | None) -> list[VQASample]:
+    cfg = SyntheticConfig.from_file(path) if path else None
+    return SyntheticBenchmark(cfg).samples(split, limit_per_family=limit_per_family)
 
 
-def load_pope(path, image_root=None) -> list[VQASample]:
-    path, f = Path(path), _Fields(Path(path), "pope")
-    m = re.search(r"(random|popular|adversarial)", path.name)
-    out = []
-    for i, r in enumerate(_read_records(path)):
-        q = f.get(r, i, "question", "text")
-        a = str(f.get(r, i, "answer", "label")).strip().lower()
-        if a not in ("yes", "no"):
-            raise ValueError(f"{path}: record {i} field 'answer' is {a!r}, expected yes or no")
-        cat = f.get(r, i, "category", required=False, default=m.group(1) if m else "pope")
-        out.append(VQASample(id=str(f.get(r, i, "question_id", "id", required=False, default=i)),
-                             question=f"{q}\n{SHORT}", answer=a, family=f"pope_{cat}", kind="yesno",
-                             benchmark="pope", image=_image(f.get(r, i, "image", "image_source"), path, image_root)))
-    return out
+register(Benchmark(
+    name="synthetic", display_name="Synthetic", kinds=("yesno", "short", "mc"),
+    files="generated (optional definition .json)", fields="-",
+    prompt="each family's question and instruction (lostattn.tasks.synthetic)", load=_synthetic,
+    analogues={"exist": "POPE", "spatial": "3DSRBench", "mc": "VMCBench", "attribute": "RealWorldQA"}))
 
 
-def _load_letter_mc(path, bench: str, image_root=None, family_field="category") -> list[VQASample]:
-    path, f = Path(path), _Fields(Path(path), bench)
-    out = []
-    for i, r in enumerate(_read_records(path)):
-        opts = _letter_options(r)
-        if len(opts) < 2:
-            raise ValueError(f"{path}: record {i} has fewer than two option fields A, B, ... (needed by {bench})")
-        ans = str(f.get(r, i, "answer")).strip()
-        if ans not in opts:
-            raise ValueError(f"{path}: record {i} answer {ans!r} is not one of its options {list(opts)}")
-        out.append(VQASample(id=str(f.get(r, i, "index", "id", required=False, default=i)),
-                             question=_mc_question(str(f.get(r, i, "question")), opts), answer=ans,
-                             family=str(f.get(r, i, family_field, required=False, default=bench)), kind="mc",
-                             benchmark=bench, options=opts,
-                             image=_image(f.get(r, i, "image", "image_path"), path, image_root)))
-    return out
+# ---- POPE ------------------------------------------------------------------------------------------------------
+def _pope(r: Record) -> VQASample:
+    answer = r.text("answer", "label").lower()
+    if answer not in ("yes", "no"):
+        raise r.fail(f"field 'answer' is {answer!r}; POPE answers are 'yes' or 'no': fix the record")
+    subset = re.search(r"(random|popular|adversarial)", Path(r.table.source).name)
+    category = r.get("category", default=subset.group(1) if subset else "pope")
+    if r.has("image"):
+        image = r.image("image")
+    else:  # lmms-lab's image_source names the COCO file without its extension
+        src = r.text("image", "image_source")
+        image = r.image_file(src if Path(src).suffix else f"{src}.jpg", "image_source")
+    return r.sample(question=f"{r.text('question', 'text')}\n{SHORT}", answer=answer, family=f"pope_{category}",
+                    kind="yesno", image=image)
 
 
-def load_3dsrbench(path, image_root=None):
-    return _load_letter_mc(path, "3dsrbench", image_root)
+register(Benchmark(
+    name="pope", display_name="POPE", kinds=("yesno",),
+    files="official .json/.jsonl; lmms-lab/POPE folder",
+    fields="question/text, answer/label, image/image_source, category*",
+    prompt=f'question, then "{SHORT}"', to_sample=_pope, id_fields=("id", "question_id"),
+    test_splits=("adversarial", "popular", "random")))
 
 
-def load_vmcbench(path, image_root=None):
-    return _load_letter_mc(path, "vmcbench", image_root)
+# ---- option-letter benchmarks (VLMEvalKit layout) --------------------------------------------------------------
+def _letter_mc(r: Record) -> VQASample:
+    options = {k: str(r.row[k]).strip() for k in "ABCDEFGHIJ" if r.has(k)}
+    if len(options) < 2:
+        raise r.fail(f"fewer than two option fields A, B, ... (needed by {r.bench.display_name}); fields "
+                     f"present: {sorted(r.row)}")
+    answer = r.text("answer")
+    letter = _letter(answer)
+    if letter not in options:
+        raise r.fail(f"answer {answer!r} is not one of its options {list(options)}: fix the answer or the options")
+    return r.sample(question=mc_question(r.text("question"), options), answer=letter,
+                    family=r.get("category", default=r.bench.name), kind="mc", options=options,
+                    image=r.image("image", "image_path"))
 
 
-def load_realworldqa(path, image_root=None) -> list[VQASample]:
-    path, f = Path(path), _Fields(Path(path), "realworldqa")
-    out = []
-    for i, r in enumerate(_read_records(path)):
-        ans = str(f.get(r, i, "answer")).strip()
-        kind = "mc" if re.fullmatch(r"[A-F]", ans) else "short"
-        out.append(VQASample(id=str(f.get(r, i, "index", "id", required=False, default=i)),
-                             question=str(f.get(r, i, "question")), answer=ans, family="realworldqa", kind=kind,
-                             benchmark="realworldqa", image=_image(f.get(r, i, "image"), path, image_root)))
-    return out
+_LETTER_FIELDS = "question, A, B, C*, D*, answer, image/image_path, category*"
+register(Benchmark(
+    name="3dsrbench", display_name="3DSRBench", kinds=("mc",),
+    files="VLMEvalKit .tsv; .json/.jsonl; parquet folder", fields=_LETTER_FIELDS,
+    prompt=f'VMCBench\'s: Question, Options (A. …), "{MC_SUFFIX}"', to_sample=_letter_mc,
+    id_fields=("index", "id")))
 
 
-def load_mmmu(path, image_root=None) -> list[VQASample]:
-    path, f = Path(path), _Fields(Path(path), "mmmu")
-    out = []
-    for i, r in enumerate(_read_records(path)):
-        q = re.sub(r"<image \d+>", "", str(f.get(r, i, "question"))).strip()
-        qtype = f.get(r, i, "question_type", required=False, default="multiple-choice")
-        ans = str(f.get(r, i, "answer")).strip()
-        if qtype == "multiple-choice":
-            raw = f.get(r, i, "options")
-            try:
-                opts_list = raw if isinstance(raw, list) else ast.literal_eval(raw)
-            except (ValueError, SyntaxError) as e:
-                raise ValueError(f"{path}: record {i} field 'options' is not a list: {raw!r}") from e
-            opts = {chr(65 + j): str(o) for j, o in enumerate(opts_list)}
-            question = _mc_question(q, opts, "Answer with the option's letter from the given choices directly.")
-            kind = "mc"
-        else:
-            opts, question, kind = None, f"{q}\n{SHORT}", "short"
-        out.append(VQASample(id=str(f.get(r, i, "id")), question=question, answer=ans,
-                             family=str(f.get(r, i, "subfield", "subject", required=False, default="mmmu")),
-                             kind=kind, benchmark="mmmu", options=opts,
-                             image=_image(f.get(r, i, "image_1", "image"), path, image_root)))
-    return out
+# ---- RealWorldQA -----------------------------------------------------------------------------------------------
+_OPTION_LINE = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])[.)])\s+(\S.*?)\s*$")
 
 
-def load_mathvista(path, image_root=None) -> list[VQASample]:
-    path, f = Path(path), _Fields(Path(path), "mathvista")
-    out = []
-    for i, r in enumerate(_read_records(path)):
-        qtype = f.get(r, i, "question_type")
-        ans = str(f.get(r, i, "answer")).strip()
-        prompt = str(f.get(r, i, "query", "question"))
-        opts = None
-        if qtype == "multi_choice":
-            choices = f.get(r, i, "choices")
-            opts = {chr(65 + j): str(c) for j, c in enumerate(choices)}
-            letter = next((k for k, v in opts.items() if v.strip() == ans), None)
-            if letter is None:
-                raise ValueError(f"{path}: record {i} answer {ans!r} is not among its choices {choices}")
-            ans, kind = letter, "mc"
-            if "query" not in r:
-                prompt = _mc_question(prompt, opts)
-        else:
-            kind = "numeric" if f.get(r, i, "answer_type", required=False, default="") in ("integer", "float") \
-                else "short"
-        out.append(VQASample(id=str(f.get(r, i, "pid", "id", required=False, default=i)), question=prompt,
-                             answer=ans, family=f"mathvista_{qtype}", kind=kind, benchmark="mathvista", options=opts,
-                             image=_image(f.get(r, i, "image"), path, image_root)))
-    return out
+def listed_options(question: str) -> dict[str, str]:
+    """The options a question lists one per line ("A. text", "A) text", "(A) text"), as the run A, B, C, ... that
+    starts at A; {} when it lists fewer than two."""
+    found: dict[str, str] = {}
+    for line in question.splitlines():
+        m = _OPTION_LINE.match(line)
+        if not m:
+            continue
+        letter = m.group(1) or m.group(2)
+        if letter == chr(ord("A") + len(found)):
+            found[letter] = m.group(3)
+        elif letter == "A":  # a second list starts: the options are the last complete run
+            found = {"A": m.group(3)}
+    return found if len(found) >= 2 else {}
 
 
-def load_hallusionbench(path, image_root=None) -> list[VQASample]:
-    path, f = Path(path), _Fields(Path(path), "hallusionbench")
-    out = []
-    for i, r in enumerate(_read_records(path)):
-        gt = str(f.get(r, i, "gt_answer")).strip()
-        if gt not in ("0", "1"):
-            raise ValueError(f"{path}: record {i} field 'gt_answer' is {gt!r}, expected '0' or '1'")
-        visual = str(f.get(r, i, "visual_input", required=False, default="1")) != "0"
-        fname = f.get(r, i, "filename", required=visual)
-        sid = "_".join(str(r.get(k, "")) for k in ("category", "subcategory", "set_id", "figure_id", "question_id"))
-        out.append(VQASample(id=sid if sid.strip("_") else str(i),
-                             question=f"{f.get(r, i, 'question')}\nAnswer yes or no.",
-                             answer="yes" if gt == "1" else "no", family=f"hallusion_{f.get(r, i, 'category')}",
-                             kind="yesno", benchmark="hallusionbench",
-                             image=_image(fname, path, image_root) if visual else None))
-    return out
+def _realworldqa(r: Record) -> VQASample:
+    question, answer = r.text("question"), r.text("answer")
+    options = listed_options(question)
+    image = r.image("image")
+    if not options:
+        return r.sample(question=question, answer=answer, family="realworldqa", kind="short", image=image)
+    letter = _letter(answer)
+    if letter is None:
+        by_text = [k for k, v in options.items() if normalize(v) == normalize(answer)]
+        letter = by_text[0] if len(by_text) == 1 else None
+        if letter is None:
+            raise r.fail(f"answer {answer!r} is neither an option letter nor the text of one of the options "
+                         f"{list(options)} the question lists: fix the answer")
+    elif letter not in options:
+        raise r.fail(f"answer {answer!r} names option {letter}, but the question lists options {list(options)} "
+                     f"only: fix the answer or the question's option lines")
+    return r.sample(question=question, answer=letter, family="realworldqa", kind="mc", options=options, image=image)
 
 
-_LOADERS = {"pope": load_pope, "3dsrbench": load_3dsrbench, "realworldqa": load_realworldqa, "mmmu": load_mmmu,
-            "vmcbench": load_vmcbench, "mathvista": load_mathvista, "hallusionbench": load_hallusionbench}
+register(Benchmark(
+    name="realworldqa", display_name="RealWorldQA", kinds=("mc", "short"),
+    files="lmms-lab/RealWorldQA folder; .json/.jsonl/.tsv", fields="question, answer, image",
+    prompt="the question as published (it lists its options and says how to answer)", to_sample=_realworldqa,
+    id_fields=("index", "id")))
 
 
-def load_benchmark(name: str, path: str | Path | None = None, split: str = "test",
-                   limit_per_family: int | None = None, image_root: str | Path | None = None) -> list[VQASample]:
-    """Samples of a benchmark: 'synthetic' (path: an optional definition file) or a real one from `path`."""
-    if name == "synthetic":
-        cfg = SyntheticConfig.from_file(path) if path else None
-        return SyntheticBenchmark(cfg).samples(split, limit_per_family=limit_per_family)
-    if name not in _LOADERS:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {BENCHMARKS}")
-    if path is None:
-        raise ValueError(f"benchmark {name!r} needs its local file (--data PATH); nothing is downloaded")
-    return _limit(_LOADERS[name](path, image_root), limit_per_family)
+# ---- MMMU ------------------------------------------------------------------------------------------------------
+def _mmmu(r: Record) -> VQASample:
+    question = re.sub(r"<image \d+>", "", r.text("question")).strip()
+    answer = r.text("answer", default="")
+    if answer in ("", "?"):
+        raise r.fail(f"no answer (field 'answer' is {answer!r}); {r.no_answer_hint()}")
+    family = r.get("subfield", "subject", default="mmmu")
+    image = r.image("image_1", "image")
+    if r.get("question_type", default="multiple-choice") != "multiple-choice":
+        return r.sample(question=f"{question}\n{SHORT}", answer=answer, family=family, kind="short", image=image)
+    raw = r.get("options")
+    try:
+        listed = raw if isinstance(raw, list) else ast.literal_eval(str(raw))
+    except (ValueError, SyntaxError):
+        listed = None
+    if not isinstance(listed, (list, tuple)) or len(listed) < 2:
+        raise r.fail(f"field 'options' is {raw!r}; a multiple-choice question needs a list of at least two options, "
+                     f"e.g. \"['red', 'blue']\"")
+    options = {chr(65 + j): str(o) for j, o in enumerate(listed)}
+    letter = _letter(answer)
+    if letter not in options:
+        raise r.fail(f"answer {answer!r} is not one of its options {list(options)} (field 'options' has "
+                     f"{len(options)} entries): fix the answer or the options")
+    return r.sample(question=mc_question(question, options, MMMU_MC_SUFFIX), answer=letter, family=family,
+                    kind="mc", options=options, image=image)
+
+
+register(Benchmark(
+    name="mmmu", display_name="MMMU", kinds=("mc", "short"),
+    files="MMMU/MMMU folder (per-subject parquet); .json/.jsonl/.tsv",
+    fields="question, options, answer, image_1, question_type*, subfield*",
+    prompt="Question, Options (A. …), then lmms-eval's MMMU letter instruction; open questions as POPE's",
+    to_sample=_mmmu,
+    id_fields=("id",), answered_split="validation"))
+
+
+# ---- VMCBench (the option-letter layout of 3DSRBench above) ----------------------------------------------------
+register(Benchmark(
+    name="vmcbench", display_name="VMCBench", kinds=("mc",),
+    files="suyc21/VMCBench folder; VLMEvalKit .tsv; .json/.jsonl",
+    fields="question, A, B, C, D, answer, image, category*",
+    prompt=f'the official: Question, Options (A. …), "{MC_SUFFIX}"', to_sample=_letter_mc,
+    id_fields=("index", "id")))
+
+
+# ---- MathVista -------------------------------------------------------------------------------------------------
+def _mathvista(r: Record) -> VQASample:
+    qtype = r.text("question_type")
+    answer = r.text("answer", default="")
+    if not answer:
+        raise r.fail(f"no answer (field 'answer' is empty); {r.no_answer_hint()}")
+    prompt = r.text("query", "question")
+    image = r.image("decoded_image", "image")
+    if qtype != "multi_choice":
+        kind = "numeric" if r.get("answer_type", default="") in ("integer", "float") else "short"
+        return r.sample(question=prompt, answer=answer, family=f"mathvista_{qtype}", kind=kind, image=image)
+    choices = r.get("choices")
+    if not isinstance(choices, (list, tuple)) or len(choices) < 2:
+        raise r.fail(f"field 'choices' is {choices!r}; a multi_choice question needs a list of at least two")
+    options = {chr(65 + j): str(c) for j, c in enumerate(choices)}
+    letter = next((k for k, v in options.items() if v.strip() == answer), None)
+    if letter is None:
+        raise r.fail(f"answer {answer!r} is not among its choices {list(choices)}: fix the answer or the choices")
+    if not r.has("query"):
+        prompt = mc_question(prompt, options)
+    return r.sample(question=prompt, answer=letter, family=f"mathvista_{qtype}", kind="mc", options=options,
+                    image=image)
+
+
+register(Benchmark(
+    name="mathvista", display_name="MathVista", kinds=("mc", "numeric", "short"),
+    files="AI4Math/MathVista folder; testmini .json keyed by pid",
+    fields="question_type, answer, query/question, decoded_image/image, choices*, answer_type*",
+    prompt="the published query (hint, question, choices); multi_choice without a query: VMCBench's",
+    to_sample=_mathvista,
+    id_fields=("pid", "id"), keyed_by="pid", answered_split="testmini"))
+
+
+# ---- HallusionBench --------------------------------------------------------------------------------------------
+def _hallusionbench(r: Record) -> VQASample:
+    gt = r.text("gt_answer")
+    if gt not in ("0", "1"):
+        raise r.fail(f"field 'gt_answer' is {gt!r}; HallusionBench answers are '1' (yes) or '0' (no): fix the record")
+    visual = str(r.get("visual_input", default="1")).strip() != "0"
+    image = r.image("image", "filename") if visual else None
+    if visual and image is None:
+        raise r.fail("visual_input is 1 but there is no image (fields 'image' or 'filename'): give the record its image, "
+                     "or set visual_input to 0 for a question without one")
+    return r.sample(question=f"{r.text('question')}\nAnswer yes or no.", answer="yes" if gt == "1" else "no",
+                    family=f"hallusion_{r.text('category')}", kind="yesno", image=image)
+
+
+register(Benchmark(
+    name="hallusionbench", display_name="HallusionBench", kinds=("yesno",),
+    files="lmms-lab/HallusionBench folder; HallusionBench.json",
+    fields="question, gt_answer, category, image/filename*, visual_input*",
+    prompt='question, then "Answer yes or no."', to_sample=_hallusionbench,
+    id_fields=("category+subcategory+set_id+figure_id+question_id",), test_splits=("image", "non_image")))
+
+
+BENCHMARKS = tuple(REGISTRY)
+
+
+def load_benchmark(name: str, path=None, split: str = "test", limit_per_family: int | None = None,
+                   image_root: str | Path | None = None) -> list[VQASample]:
+    """Samples of a registered benchmark: 'synthetic' (path: an optional definition file) or one of the seven read
+    from `path` (a file, a Hugging Face dataset folder, or a `datasets` Dataset/DatasetDict).
+
+    `split` picks a dataset folder's split (a single file is one split); `limit_per_family` keeps the first N
+    samples of each family; `image_root` is where relative image paths resolve (default: the file's folder).
+    """
+    return get_benchmark(name).samples(path, split=split, limit_per_family=limit_per_family, image_root=image_root)
+
+
+__all__ = ["BENCHMARKS", "REGISTRY", "Benchmark", "display_name", "formats_table", "get_benchmark",
+           "listed_options", "load_benchmark", "mc_question"]

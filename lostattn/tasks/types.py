@@ -12,6 +12,14 @@ from PIL import Image
 ANSWER_KINDS = ("yesno", "mc", "short", "numeric")
 
 
+class BenchmarkDataError(ValueError):
+    """A benchmark input the loaders cannot use. The message names the input (file, record, field) and the fix."""
+
+
+class MissingImageError(BenchmarkDataError, FileNotFoundError):
+    """An image a sample names is not on disk; the message names the sample, the path and `image_root`."""
+
+
 @dataclass
 class VQASample:
     id: str
@@ -38,7 +46,7 @@ class VQASample:
         elif isinstance(img, (str, Path)):
             path = Path(img)
             if not path.is_file():
-                raise FileNotFoundError(f"sample {self.id}: image file {path} does not exist")
+                raise MissingImageError(f"sample {self.id}: image file {path} does not exist")
             with Image.open(path) as f:
                 img = f.convert("RGB")
         return img.convert("RGB") if img.mode != "RGB" else img
