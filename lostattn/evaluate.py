@@ -1,11 +1,16 @@
-"""The benchmark harness: batched greedy generation over a benchmark, vanilla or with SAP, resumable.
+"""The benchmark harness: batched generation over a benchmark, vanilla or with SAP, resumable, data parallel.
 
-Each finished sample is appended to a JSON-lines file at once; the file's first line records the run (model,
-benchmark, SAP config, prompt settings, versions, seed, commit). Rerunning with the same file skips the finished
-samples; a file written by a different run is refused rather than mixed.
+Each finished sample is appended at once to a JSON-lines results file (`lostattn.records`) whose first line names
+the run: `RunSpec.key()`, every input that changes a record. Rerunning with the same file skips the finished
+samples; a file written by a different run is refused rather than mixed; each record carries the digest of its own
+inputs (prompt as rendered, image, answer), checked again on resume. A record never depends on the other samples of
+its batch: samples with and without an image are generated in separate groups. Under torchrun / accelerate each
+rank writes its own part file and rank 0 merges them (`lostattn.distributed`).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import time
 from contextlib import nullcontext
@@ -14,18 +19,26 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from PIL import Image
 from tqdm import tqdm
 
-from .tasks.scoring import extract, is_correct, summarize
-from .tasks.types import VQASample
-from .prompts import prepare_inputs
+from . import distributed, records
+from .prompts import chat_prompt, prepare_inputs
 from .provenance import provenance
 from .sap import SAPConfig, sap
+from .tasks.scoring import extract, is_correct, summarize
+from .tasks.types import VQASample
+
+# How replies are decoded unless a run says otherwise: greedy, one beam.
+GREEDY = {"do_sample": False, "num_beams": 1}
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What identifies a run: two runs with equal specs can share a results file."""
+    """What identifies a run: two runs with equal keys can share a results file.
+
+    `data` identifies the benchmark file (`provenance.data_identity`); `dtype`, `device` and `weights` are taken from
+    the loaded model by `evaluate` when left None (`bound`)."""
 
     model: str
     benchmark: str
@@ -33,80 +46,185 @@ class RunSpec:
     blind: bool = False
     max_new_tokens: int = 8
     seed: int = 42
+    data: str | None = None
+    split: str = "test"
+    dtype: str | None = None
+    device: str | None = None
+    weights: str | None = None
+
+    def decoding(self) -> dict:
+        """Keyword arguments for `model.generate` (all of them enter the key)."""
+        return {**GREEDY, "max_new_tokens": self.max_new_tokens}
 
     def key(self) -> dict:
-        return {"model": self.model, "benchmark": self.benchmark, "sap": self.sap, "blind": self.blind,
-                "max_new_tokens": self.max_new_tokens, "seed": self.seed}
+        """Every input that changes a record; the one place a new such input is added."""
+        return {"model": self.model, "weights": self.weights, "dtype": self.dtype, "device": self.device,
+                "benchmark": self.benchmark, "data": self.data, "split": self.split, "sap": self.sap,
+                "blind": self.blind, "decoding": self.decoding(), "seed": self.seed}
+
+    def bound(self, lm) -> "RunSpec":
+        """This spec with dtype, device (its type: cpu, cuda) and weights read from the loaded model `lm`."""
+        found = {"dtype": str(lm.model.dtype).removeprefix("torch."), "device": torch.device(lm.device).type,
+                 "weights": getattr(lm, "fingerprint", "") or ""}
+        for name, value in found.items():
+            given = getattr(self, name)
+            if given is not None and given != value:
+                raise ValueError(f"RunSpec {name}={given!r} but the loaded model has {name} {value!r}")
+        return dataclasses.replace(self, **found)
+
+    def digest(self) -> str:
+        """8 hex digits of the key: different runs get different default file names."""
+        return hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:8]
 
 
-def _read_done(path: Path, spec: RunSpec, weights: str = "") -> dict[str, dict]:
-    done: dict[str, dict] = {}
-    if not path.exists() or path.stat().st_size == 0:
-        return done
-    with path.open() as f:
-        lines = f.read().splitlines()
-    head = json.loads(lines[0])
-    if head.get("run") != spec.key():
-        raise ValueError(f"{path} holds a different run ({head.get('run')}); "
-                         f"this run is {spec.key()}. Use another file or delete it.")
-    if weights and head.get("weights") and head["weights"] != weights:
-        raise ValueError(f"{path} holds records of {spec.model!r} with other weights (fingerprint {head['weights']}; "
-                         f"the model loaded now is {weights}): it was retrained or replaced. Delete the file or use "
-                         f"another one; finished records are only resumed with the weights that wrote them.")
-    for line in lines[1:]:
-        if not line.strip():
+def _image_identity(img) -> str:
+    if img is None:
+        return "none"
+    if isinstance(img, (str, Path)):  # the file's name and size: moving the benchmark folder keeps the records
+        p = Path(img)
+        return f"file:{p.name}:{p.stat().st_size if p.is_file() else 'missing'}"
+    if isinstance(img, Image.Image):
+        return "pixels:" + hashlib.sha256(img.tobytes()).hexdigest()[:16]
+    payload = getattr(img, "data", None)  # a loader's lazy base64 image
+    if isinstance(payload, (str, bytes)):
+        return "bytes:" + hashlib.sha256(payload if isinstance(payload, bytes) else payload.encode()).hexdigest()[:16]
+    return "generated"  # drawn from the benchmark definition, which the run key names
+
+
+def input_digest(lm, sample: VQASample, blind: bool = False) -> str:
+    """16 hex digits of what a record is made from: the prompt as rendered, the image, the answer and options."""
+    with_image = sample.image is not None and not blind
+    parts = [chat_prompt(lm.processor, sample.question, with_image=with_image),
+             _image_identity(sample.image) if with_image else "none", sample.answer, sample.kind,
+             json.dumps(sample.options, sort_keys=True)]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def generate_batch(lm, samples: list[VQASample], max_new_tokens: int = 8, sap_cfg: SAPConfig | None = None,
+                   blind: bool = False, decoding: dict | None = None) -> list[str]:
+    """Replies for a batch (left padding), in order. Samples with and without an image go to the model as separate
+    groups, so each reply is what the sample gets alone; SAP, when given, is active for the whole generation of the
+    samples that have an image (there is no visual token to replace in the others). `decoding` (keyword arguments of
+    `model.generate`) defaults to greedy decoding of `max_new_tokens`."""
+    decoding = decoding if decoding is not None else {**GREEDY, "max_new_tokens": max_new_tokens}
+    with_img = [i for i, s in enumerate(samples) if s.image is not None and not blind]
+    without = [i for i in range(len(samples)) if i not in set(with_img)]
+    replies: list[str | None] = [None] * len(samples)
+    for group in (with_img, without):
+        if not group:
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by an interruption: that sample is redone
-            continue
-        done[rec["id"]] = rec
-    return done
+        batch = [samples[i] for i in group]
+        inputs = prepare_inputs(lm, batch, blind)
+        use_sap = sap_cfg is not None and "pixel_values" in inputs
+        ctx = sap(lm, sap_cfg, inputs, [s.id for s in batch]) if use_sap else nullcontext()
+        with torch.no_grad(), ctx:
+            out = lm.model.generate(**inputs, **decoding)
+        new = out[:, inputs["input_ids"].shape[1]:]
+        for i, r in zip(group, lm.processor.batch_decode(new, skip_special_tokens=True)):
+            replies[i] = r
+    return replies
 
 
-def generate_batch(lm, samples: list[VQASample], max_new_tokens: int, sap_cfg: SAPConfig | None = None,
-                   blind: bool = False) -> list[str]:
-    """Greedy replies for a batch (left padding); SAP, when given, is active for the whole generation."""
-    inputs = prepare_inputs(lm, samples, blind)
-    has_img = "pixel_values" in inputs
-    ctx = sap(lm, sap_cfg, inputs, [s.id for s in samples]) if (sap_cfg is not None and has_img) else nullcontext()
-    with torch.no_grad(), ctx:
-        out = lm.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, num_beams=1)
-    new = out[:, inputs["input_ids"].shape[1]:]
-    return lm.processor.batch_decode(new, skip_special_tokens=True)
+def _record(s: VQASample, reply: str, digest: str, with_image: bool, rank: int) -> dict:
+    pred = extract(s.kind, reply, s.options)
+    return {"id": s.id, "benchmark": s.benchmark, "family": s.family, "kind": s.kind,
+            "subtype": s.meta.get("subtype", ""), "answer": s.answer, "reply": reply, "prediction": pred,
+            "correct": bool(is_correct(s.kind, pred, s.answer)), "with_image": with_image, "inputs": digest,
+            "rank": rank}
+
+
+def part_path(path: Path, rank: int) -> Path:
+    """The file rank `rank` writes under a launcher; merged into `path` by rank 0."""
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def _parts(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f"{path.stem}.rank*{path.suffix}"))
+
+
+def _check_inputs(path: Path, done: dict[str, dict], digests: dict[str, str]) -> None:
+    for sid, rec in done.items():
+        if sid in digests and rec.get("inputs") != digests[sid]:
+            raise ValueError(f"{path}: the finished record of sample {sid!r} was made from other inputs (its prompt, "
+                             f"image, options or answer differ from this run's: another benchmark file or prompt "
+                             f"template under the same name?). Use another output file or delete this one.")
 
 
 def evaluate(lm, samples: list[VQASample], out_file: str | Path, spec: RunSpec, batch_size: int = 16,
-             sap_cfg: SAPConfig | None = None, progress: bool = True) -> pd.DataFrame:
-    """Score `samples`, appending per-sample records to `out_file`; returns all records of the run."""
+             sap_cfg: SAPConfig | None = None, progress: bool = True,
+             world: distributed.World | None = None) -> pd.DataFrame:
+    """Score `samples`, appending per-sample records to `out_file`; returns all records of the run, in the order of
+    `samples`. Under a launcher (`world` with several ranks) each rank scores its shard and every rank returns the
+    merged records."""
     path = Path(out_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
     if (sap_cfg.to_dict() if sap_cfg else None) != spec.sap:
         raise ValueError("spec.sap must equal sap_cfg.to_dict() (or both be None)")
-    weights = getattr(lm, "fingerprint", "")
-    done = _read_done(path, spec, weights)
-    todo = [s for s in samples if s.id not in done]
-    if not path.exists() or path.stat().st_size == 0:
-        path.write_text(json.dumps({"run": spec.key(), "weights": weights, "provenance": provenance(seed=spec.seed)})
-                        + "\n")
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"sample ids repeat ({dup[:5]}{' ...' if len(dup) > 5 else ''}): each record is kept per id, "
+                         f"so a repeated id would be scored once and counted twice")
+    spec = spec.bound(lm)
+    key = spec.key()
+    world = world or distributed.current()
+    digests = {s.id: input_digest(lm, s, spec.blind) for s in samples}
+    mine = world.shard(samples)
+    own = part_path(path, world.rank) if world.active else path
+    with records.locked(own):
+        done = records.read(own, key)  # repairs a cut-short tail of this rank's own file
+        if world.active:  # what the merged file and the other ranks' parts already hold is not redone
+            for other in [path] + [p for p in _parts(path) if p != own]:
+                done = {**records.read(other, key, repair=False), **done}
+        _check_inputs(path, done, digests)
+        todo = [s for s in mine if s.id not in done]
+        _generate_into(lm, own, todo, spec, key, sap_cfg, batch_size, digests, world.rank,
+                       desc=f"eval {spec.benchmark}" + (f" rank {world.rank}" if world.active else ""),
+                       total=len(mine), progress=progress)
+    if world.active:
+        world.barrier()
+        if world.is_main:
+            merge_parts(path, key, ids)
+        world.barrier()
+    final = records.read(path, key, repair=False)
+    return pd.DataFrame([final[i] for i in ids if i in final])
+
+
+def _generate_into(lm, path: Path, todo, spec: RunSpec, key: dict, sap_cfg, batch_size: int, digests: dict,
+                   rank: int, desc: str, total: int, progress: bool) -> None:
     torch.manual_seed(spec.seed)
-    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"eval {spec.benchmark}",
-               disable=not progress)
-    with path.open("a") as f:
+    bar = tqdm(total=total, initial=total - len(todo), desc=desc, disable=not progress)
+    with records.start(path, key, provenance(seed=spec.seed)) as f:
         for a in range(0, len(todo), batch_size):
             batch = todo[a:a + batch_size]
-            replies = generate_batch(lm, batch, spec.max_new_tokens, sap_cfg, spec.blind)
-            for s, r in zip(batch, replies):
-                pred = extract(s.kind, r, s.options)
-                rec = {"id": s.id, "benchmark": s.benchmark, "family": s.family, "kind": s.kind,
-                       "subtype": s.meta.get("subtype", ""), "answer": s.answer, "reply": r, "prediction": pred,
-                       "correct": bool(is_correct(s.kind, pred, s.answer))}
-                f.write(json.dumps(rec) + "\n")
-                done[s.id] = rec
-            f.flush()
+            replies = generate_batch(lm, batch, sap_cfg=sap_cfg, blind=spec.blind, decoding=spec.decoding())
+            records.append(f, [_record(s, r, digests[s.id], s.image is not None and not spec.blind, rank)
+                               for s, r in zip(batch, replies)])
             bar.update(len(batch))
     bar.close()
-    return pd.DataFrame([done[s.id] for s in samples if s.id in done])
+
+
+def merge_parts(path: Path, key: dict, order: list[str]) -> int:
+    """Append the records of the rank part files to `path` (each sample id once, in `order`, then any other), then
+    remove the parts. Returns the number of records added."""
+    with records.locked(path):
+        have = records.read(path, key)
+        new: dict[str, dict] = {}
+        parts = _parts(path)
+        for p in parts:
+            with records.locked(p):
+                for sid, rec in records.read(p, key).items():
+                    if sid not in have:
+                        new.setdefault(sid, rec)
+        rank_of = {i: n for n, i in enumerate(order)}
+        recs = sorted(new.values(), key=lambda r: (rank_of.get(r["id"], len(order)), str(r["id"])))
+        with records.start(path, key, provenance(seed=key.get("seed"))) as f:
+            records.append(f, recs)
+        for p in parts:
+            p.unlink()
+            records.lock_path(p).unlink(missing_ok=True)
+    return len(recs)
 
 
 def throughput(lm, samples: list[VQASample], batch_size: int, max_new_tokens: int = 8, repeats: int = 1) -> dict:
@@ -124,4 +242,4 @@ def throughput(lm, samples: list[VQASample], batch_size: int, max_new_tokens: in
             "batch_size": batch_size, "n": len(samples)}
 
 
-__all__ = ["RunSpec", "evaluate", "generate_batch", "summarize", "throughput"]
+__all__ = ["RunSpec", "evaluate", "generate_batch", "input_digest", "merge_parts", "summarize", "throughput"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import platform
 import subprocess
 from importlib import metadata
@@ -45,3 +46,32 @@ def provenance(seed: int | None = None, **extra) -> dict:
     }
     rec.update(extra)
     return rec
+
+
+def file_fingerprint(path: str | Path, sample: int = 1 << 20, whole_below: int = 64 << 20) -> str:
+    """16 hex digits identifying a file's bytes (all of them under `whole_below`, else its size and first and last
+    `sample` bytes), or a folder's (the relative name, size and bytes of each file in it, so sampled)."""
+    root = Path(path)
+    files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(root) if root.is_dir() else f.name}:{size}\n".encode())
+        with f.open("rb") as fh:
+            if size < whole_below:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(sample))
+                fh.seek(size - sample)
+                h.update(fh.read(sample))
+    return h.hexdigest()[:16]
+
+
+def data_identity(path: str | Path | None) -> str | None:
+    """What a run key records of a benchmark file or folder: its name and `file_fingerprint`; None for none."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"benchmark file {p} does not exist")
+    return f"{p.name}:{file_fingerprint(p)}"

@@ -1,6 +1,7 @@
 """The benchmark harness (resume, refusal to mix runs, scoring) and the reproduce pipeline's cache."""
 import json
 
+import pandas as pd
 import pytest
 
 from lostattn import reproduce as rp
@@ -14,7 +15,7 @@ def test_resume_skips_finished_samples_and_loses_nothing(lm, samples, tmp_path, 
     spec = RunSpec(model="embedded", benchmark="synthetic")
     first = evaluate(lm, samples[:5], out, spec, batch_size=2, progress=False)
     assert len(first) == 5
-    # an interruption mid-write leaves a cut line: it is ignored and that sample is redone
+    # an interruption mid-write leaves a cut line: it is removed before appending, and that sample is redone
     with out.open("a") as f:
         f.write('{"id": "cut')
     calls = []
@@ -27,7 +28,8 @@ def test_resume_skips_finished_samples_and_loses_nothing(lm, samples, tmp_path, 
     assert list(again["id"]) == [s.id for s in samples[:8]]
     assert again.iloc[:5].equals(first)
     head = json.loads(out.read_text().splitlines()[0])
-    assert head["run"] == spec.key() and "git_commit" in head["provenance"]
+    assert head["run"] == spec.bound(lm).key() and "git_commit" in head["provenance"]
+    assert len(pd.read_json(out, lines=True)) == 9  # the header and 8 records, no fragment
 
 
 def test_a_different_run_is_refused(lm, samples, tmp_path):
@@ -48,7 +50,7 @@ def test_records_of_other_weights_under_the_same_name_are_refused(lm, samples, t
     out = tmp_path / "run.jsonl"
     spec = RunSpec(model="embedded", benchmark="synthetic")
     evaluate(lm, samples[:1], out, spec, progress=False)
-    assert json.loads(out.read_text().splitlines()[0])["weights"] == lm.fingerprint
+    assert json.loads(out.read_text().splitlines()[0])["run"]["weights"] == lm.fingerprint
     retrained = dataclasses.replace(lm, fingerprint="0" * 16)
     with pytest.raises(ValueError, match="other weights"):
         evaluate(retrained, samples[:2], out, spec, progress=False)
