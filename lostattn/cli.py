@@ -1,8 +1,13 @@
-"""The `lostattn` command: train, eval, analyze, reproduce, book."""
+"""The `lostattn` command: train, eval, analyze, reproduce, book.
+
+Errors a user can cause end in one line naming the input and the fix (exit status 2); set LOSTATTN_DEBUG=1 to get
+the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +18,48 @@ def _layers(text: str | None):
     try:
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise SystemExit(f"--layers takes 'all' or comma-separated integers, got {text!r}")
+        raise ValueError(f"--layers takes 'all' or comma-separated integers, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _broken_weight_file(folder: Path) -> str | None:
+    """The first weight file of a checkpoint folder that safetensors cannot open, with the reason."""
+    from safetensors import safe_open
+
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for k in st.keys():
+                    st.get_slice(k)
+        except Exception as e:  # noqa: BLE001 - any failure to read the file is the answer
+            return f"{f}: {e}"
+    return None
+
+
+def load_model_for(a):
+    """The model named by --model on --device in --dtype; a checkpoint that cannot be read is a one-line error."""
+    from .models.loader import load_model, resolve
+
+    try:
+        return load_model(a.model, a.device, a.dtype)
+    except (FileNotFoundError, ValueError, NotImplementedError):
+        raise
+    except Exception as e:  # noqa: BLE001 - transformers/safetensors raise many types for a damaged checkpoint
+        folder = Path(resolve(a.model))
+        broken = _broken_weight_file(folder) if folder.is_dir() else None
+        if broken:
+            raise ValueError(f"cannot read the weights of --model {a.model}: {broken}. The file is truncated or "
+                             f"corrupt; copy or download the checkpoint again") from e
+        raise ValueError(f"cannot load --model {a.model} on {a.device} ({a.dtype}): {type(e).__name__}: {e}") from e
 
 
 def cmd_train(a) -> int:
@@ -32,28 +78,54 @@ def cmd_train(a) -> int:
     return 0
 
 
-def cmd_eval(a) -> int:
-    from .tasks.loaders import load_benchmark
-    from .evaluate import RunSpec, evaluate, summarize
-    from .models.loader import load_model
+SAP_OPTIONS = {"lam": 1.0, "head_min": 0.0, "head_max": 1.0, "queries": "last", "layers": None}
+
+
+def _sap_config(a):
+    """The SAPConfig the eval options describe, or None without --sap-mode (then no SAP option may be given)."""
     from .sap import SAPConfig
 
-    lm = load_model(a.model, a.device, a.dtype)
+    given = [k for k in SAP_OPTIONS if getattr(a, k) is not None]
+    if not a.sap_mode:
+        if given:
+            opts = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise ValueError(f"{opts} only apply with --sap-mode (gaussian_noise, uniform, ...); add --sap-mode or "
+                             f"drop {opts}")
+        return None
+    v = {k: SAP_OPTIONS[k] if getattr(a, k) is None else getattr(a, k) for k in SAP_OPTIONS}
+    if v["head_min"] > v["head_max"]:
+        raise ValueError(f"--head-min {v['head_min']} is above --head-max {v['head_max']}: the head window is "
+                         f"empty; give the lower percentile first (--head-min {v['head_max']} --head-max "
+                         f"{v['head_min']})")
+    return SAPConfig(mode=a.sap_mode, lam=v["lam"], layers=_layers(v["layers"]) or "all", seed=a.seed,
+                     head_percentile=(v["head_min"], v["head_max"]), queries=v["queries"])
+
+
+def cmd_eval(a) -> int:
+    from . import distributed
+    from .evaluate import RunSpec, evaluate, summarize
+    from .provenance import data_identity
+    from .tasks.loaders import load_benchmark
+
+    sap_cfg = _sap_config(a)
+    world = distributed.init(a.device)
     samples = load_benchmark(a.benchmark, a.data, split=a.split, limit_per_family=a.limit)
-    sap_cfg = None
-    if a.sap_mode:
-        layers = _layers(a.layers) or "all"
-        sap_cfg = SAPConfig(mode=a.sap_mode, lam=a.lam, layers=layers, seed=a.seed,
-                            head_percentile=(a.head_min, a.head_max), queries=a.queries)
+    lm = load_model_for(a)
     spec = RunSpec(model=a.model, benchmark=a.benchmark, sap=sap_cfg.to_dict() if sap_cfg else None,
-                   blind=a.blind, max_new_tokens=a.max_new_tokens, seed=a.seed)
+                   blind=a.blind, max_new_tokens=a.max_new_tokens, seed=a.seed, data=data_identity(a.data),
+                   split=a.split).bound(lm)
     tag = sap_cfg.tag() if sap_cfg else ("blind" if a.blind else "vanilla")
-    out = Path(a.out) if a.out else Path("results") / "eval" / f"{Path(a.model).name}-{a.benchmark}-{tag}.jsonl"
-    records = evaluate(lm, samples, out, spec, batch_size=a.batch_size, sap_cfg=sap_cfg)
+    data = f"-{Path(a.data).stem}" if a.data else ""
+    name = f"{Path(a.model).name}-{a.benchmark}{data}-{a.split}-{tag}-{spec.digest()}.jsonl"
+    out = Path(a.out) if a.out else Path("results") / "eval" / name
+    records = evaluate(lm, samples, out, spec, batch_size=a.batch_size, sap_cfg=sap_cfg, world=world,
+                       progress=world.is_main)
+    if not world.is_main:
+        return 0
     table = summarize(records)
     table.to_csv(out.with_suffix(".summary.csv"), index=False)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"per-sample records: {out}")
+    print(f"per-sample records: {out}" + (f" (merged from {world.size} ranks)" if world.active else ""))
     return 0
 
 
@@ -90,7 +162,7 @@ def cmd_reproduce(a) -> int:
 
 
 def cmd_book(a) -> int:
-    from .reproduce import build_book
+    from .book import build_book
 
     return build_book(a.profile)
 
@@ -101,33 +173,37 @@ def main(argv: list[str] | None = None) -> int:
 
     def model_args(sp):
         sp.add_argument("--model", default="embedded", help="'embedded', a local checkpoint folder, or a cached hub id")
-        sp.add_argument("--device", default="cpu")
+        sp.add_argument("--device", default="cpu",
+                        help="cpu, cuda, cuda:N, or auto (under torchrun: one GPU per rank; alone: device_map='auto' "
+                             "over the node's GPUs, for a model too large for one)")
         sp.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
         sp.add_argument("--benchmark", default="synthetic")
         sp.add_argument("--data", default=None, help="benchmark file (real benchmarks)")
         sp.add_argument("--split", default="test")
-        sp.add_argument("--limit", type=int, default=None, help="samples per family")
-        sp.add_argument("--batch-size", type=int, default=16)
+        sp.add_argument("--limit", type=_positive_int, default=None, help="samples per family")
+        sp.add_argument("--batch-size", type=_positive_int, default=16)
         sp.add_argument("--seed", type=int, default=42)
         sp.add_argument("--layers", default=None, help="'all' or e.g. 18,19,20")
+        sp.add_argument("--threads", type=_positive_int, default=None,
+                        help="CPU threads (default: min(2, cores); 1 per rank under torchrun / accelerate launch)")
 
     t = sub.add_parser("train", help="train the embedded model on the synthetic train split")
     t.add_argument("--out", default=None)
     t.add_argument("--seed", type=int, default=None, help="default: TrainConfig's (the committed model's)")
-    t.add_argument("--epochs", type=int, default=None, help="default: TrainConfig's (the committed model's)")
-    t.add_argument("--threads", type=int, default=None, help="CPU threads (default: TrainConfig's)")
+    t.add_argument("--epochs", type=_positive_int, default=None, help="default: TrainConfig's (the committed model's)")
+    t.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: TrainConfig's)")
     t.add_argument("--no-eval", action="store_true")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="score a model on a benchmark, vanilla or with SAP")
     model_args(e)
-    e.add_argument("--sap-mode", default=None, choices=["gaussian_noise", "uniform", "vis_enc_attn", "complexity"])
-    e.add_argument("--lam", type=float, default=1.0)
-    e.add_argument("--head-min", type=float, default=0.0)
-    e.add_argument("--head-max", type=float, default=1.0)
-    e.add_argument("--queries", default="last", choices=["last", "text"])
+    e.add_argument("--sap-mode", default=None, help="SAP mode, e.g. gaussian_noise, uniform, vis_enc_attn, complexity")
+    e.add_argument("--lam", type=float, default=None, help="SAP mixing weight (default 1: full replacement)")
+    e.add_argument("--head-min", type=float, default=None, help="SAP head window, lower percentile (default 0)")
+    e.add_argument("--head-max", type=float, default=None, help="SAP head window, upper percentile (default 1)")
+    e.add_argument("--queries", default=None, choices=["last", "text"], help="SAP query rows (default: last)")
     e.add_argument("--blind", action="store_true", help="remove the image (text-only control)")
-    e.add_argument("--max-new-tokens", type=int, default=8)
+    e.add_argument("--max-new-tokens", type=_positive_int, default=8)
     e.add_argument("--out", default=None)
     e.set_defaults(fn=cmd_eval)
 
@@ -143,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--profile", default="tiny")
     r.add_argument("--only", default=None, help="one notebook (name without .ipynb)")
     r.add_argument("--force", action="store_true", help="rerun even when nothing changed")
-    r.add_argument("--config", default=None, help="profile config file (YAML) for the 'paper' profile")
+    r.add_argument("--config", default=None, help="profile config file (YAML), e.g. a filled-in profiles/paper.yaml")
     r.add_argument("--no-book", action="store_true")
     r.set_defaults(fn=cmd_reproduce)
 
@@ -153,10 +229,55 @@ def main(argv: list[str] | None = None) -> int:
 
     a = p.parse_args(argv)
     try:
-        return a.fn(a)
-    except (FileNotFoundError, ValueError, NotImplementedError) as err:
-        print(f"lostattn {a.cmd}: error: {err}", file=sys.stderr)
+        _check_args(a)
+        return _run(a)
+    except KeyboardInterrupt:
+        print(f"lostattn {a.cmd}: interrupted; run the same command again to resume from what was finished",
+              file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the command line ends in one line, never a traceback
+        if os.environ.get("LOSTATTN_DEBUG") == "1":
+            raise
+        print(f"lostattn {a.cmd}: error: {_message(err)}", file=sys.stderr)
+        if not isinstance(err, EXPECTED + (OSError,)):
+            print("(an unexpected error; set LOSTATTN_DEBUG=1 to see where it happened, and report it with the "
+                  "command you ran)", file=sys.stderr)
         return 2
+
+
+EXPECTED = (FileNotFoundError, ValueError, NotImplementedError)  # raised with a message written for the user
+
+
+def _message(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or "(no message)"
+    return text if isinstance(err, EXPECTED) else f"{type(err).__name__}: {text}"
+
+
+def _check_args(a) -> None:
+    """Option values argparse cannot check alone."""
+    if getattr(a, "rank_rule", None) == "fixed" and not (a.rank_value >= 1 and float(a.rank_value).is_integer()):
+        raise ValueError(f"--rank-rule fixed takes a rank, a whole number of at least 1, as --rank-value; got "
+                         f"{a.rank_value:g}")
+    if getattr(a, "rank_rule", None) == "energy" and not 0 < a.rank_value <= 1:
+        raise ValueError(f"--rank-rule energy takes an energy fraction in (0, 1] as --rank-value; got "
+                         f"{a.rank_value:g}")
+
+
+def _run(a) -> int:
+    """Run the command; eval and analyze first join the launcher's ranks (if any) and set their CPU threads."""
+    if a.cmd not in ("eval", "analyze"):
+        return a.fn(a)
+    import torch
+
+    from . import distributed
+
+    world = distributed.init(a.device)
+    a.device = world.device
+    torch.set_num_threads(a.threads or distributed.default_threads(world.size))
+    try:
+        return a.fn(a)
+    finally:
+        distributed.close()
 
 
 if __name__ == "__main__":

@@ -176,6 +176,9 @@ def embed_with_image(model, input_ids: torch.Tensor, feats: torch.Tensor) -> tor
 def train_embedded(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), arch: EmbeddedArch = EmbeddedArch(),
                    bench_cfg: SyntheticConfig | None = None, progress: bool = True) -> Path:
     """Train the embedded model and save it to `out_dir`; returns the folder."""
+    if cfg.epochs < 1:  # zero epochs would save an untrained model, by default over the shipped one
+        raise ValueError(f"epochs must be at least 1 (got {cfg.epochs}): zero epochs would save an untrained model "
+                         f"to {out_dir}")
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)

@@ -205,3 +205,43 @@ def test_qwen_vis_enc_attn_matches_a_direct_computation(family, family_lm, shape
     torch.testing.assert_close(got, pooled, rtol=1e-4, atol=1e-6)
     scores = token_scores(SAPConfig(mode="vis_enc_attn", vis_layer="last"), lm, inputs)[0]
     torch.testing.assert_close(scores, pooled, rtol=1e-4, atol=1e-6)
+
+
+# ---- residual capture on every family -------------------------------------------------------------------------------
+from lostattn.capture import ResidualCapture  # noqa: E402
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_capture_identity_and_hook_invariance(family, family_lm, shaped):
+    """Hooks change nothing (logits bit-identical); X_out = X + dX_attn + dX_ffn; each layer's input is the previous
+    layer's output, on a left-padded batch of differently shaped images."""
+    lm = family_lm(family)
+    inputs = prepare_inputs(lm, shaped)
+    with torch.no_grad():
+        ref = lm.model(**inputs).logits
+        with ResidualCapture(lm, keep=True) as cap:
+            out = lm.model(**inputs).logits
+    assert torch.equal(out, ref)
+    recs = [cap.records[i] for i in range(lm.adapter.num_layers)]
+    for r in recs:
+        torch.testing.assert_close(r.x + r.d_attn + r.d_ffn, r.x_out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(recs, recs[1:]):
+        assert torch.equal(a.x_out, b.x)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen_inputs_carry_mm_token_type_ids(family, family_lm, shaped):
+    """Qwen's 3-D rotary positions need mm_token_type_ids (transformers 5 refuses multimodal inputs without them, and
+    earlier releases fell back to 1-D positions silently); the processor's output is passed whole, so the model
+    gets them."""
+    lm = family_lm(family)
+    inputs = prepare_inputs(lm, shaped[:1])
+    assert "mm_token_type_ids" in inputs
+    assert int(inputs["mm_token_type_ids"].bool().sum()) == int(lm.adapter.visual_mask(inputs["input_ids"]).sum())
+    without = {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
+    with torch.no_grad():
+        with_ids = lm.model(**inputs).logits
+        try:  # Qwen2-VL refuses; Qwen2.5-VL silently uses 1-D positions, which changes every logit after the image
+            assert not torch.allclose(lm.model(**without).logits, with_ids)
+        except ValueError as err:
+            assert "mm_token_type_ids" in str(err)

@@ -124,8 +124,10 @@ def load_model(name_or_path: str | Path = EMBEDDED_NAME, device: str = "cpu", dt
         raise ValueError(f"{name_or_path!r} is a {config.model_type!r} model, which is not supported; "
                          f"supported model types: {supported_text()}")
     cls = getattr(transformers, FAMILIES[config.model_type].hf_class)
-    model = cls.from_pretrained(src, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
-    model.to(device).eval()
+    # device "auto": spread over the node's GPUs (accelerate's device_map) for a model too large for one
+    placement = {"device_map": "auto"} if device == "auto" else {}
+    model = cls.from_pretrained(src, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **placement)
+    (model if placement else model.to(device)).eval()
     processor = load_processor(src, config.model_type)
     tok = getattr(processor, "tokenizer", None)
     if tok is not None:
