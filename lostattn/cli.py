@@ -6,6 +6,7 @@ the traceback instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -78,27 +79,45 @@ def cmd_train(a) -> int:
     return 0
 
 
-SAP_OPTIONS = {"lam": 1.0, "head_min": 0.0, "head_max": 1.0, "queries": "last", "layers": None}
+# SAP options and the cli's name of the SAPConfig field each sets; unset (None) options take the protocol's preset
+SAP_OPTIONS = ("lam", "head_min", "head_max", "queries", "layers")
 
 
-def _sap_config(a):
-    """The SAPConfig the eval options describe, or None without --sap-mode (then no SAP option may be given)."""
-    from .sap import SAPConfig
+def _check_sap_options(a) -> None:
+    """Refuse SAP options without --sap-mode, an unknown mode and an inverted head window, before anything loads."""
+    from .guidance import MODES
 
     given = [k for k in SAP_OPTIONS if getattr(a, k) is not None]
     if not a.sap_mode:
         if given:
             opts = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise ValueError(f"{opts} only apply with --sap-mode (gaussian_noise, uniform, ...); add --sap-mode or "
-                             f"drop {opts}")
+            raise ValueError(f"{opts} only apply with --sap-mode ({', '.join(MODES)}); add --sap-mode or drop "
+                             f"{opts}")
+        return
+    if a.sap_mode not in MODES:
+        raise ValueError(f"--sap-mode {a.sap_mode!r} is not one of {', '.join(MODES)}")
+    if (a.head_min is None) != (a.head_max is None):
+        raise ValueError("--head-min and --head-max set the head window together; give both (e.g. --head-min 0.3 "
+                         "--head-max 0.9) or neither (the protocol's window)")
+    if a.head_min is not None and a.head_min > a.head_max:
+        raise ValueError(f"--head-min {a.head_min} is above --head-max {a.head_max}: the head window is empty; give "
+                         f"the lower percentile first (--head-min {a.head_max} --head-max {a.head_min})")
+
+
+def _sap_config(a, protocol):
+    """The protocol's SAP preset for --sap-mode with the SAP options that were given; None without --sap-mode."""
+    if not a.sap_mode:
         return None
-    v = {k: SAP_OPTIONS[k] if getattr(a, k) is None else getattr(a, k) for k in SAP_OPTIONS}
-    if v["head_min"] > v["head_max"]:
-        raise ValueError(f"--head-min {v['head_min']} is above --head-max {v['head_max']}: the head window is "
-                         f"empty; give the lower percentile first (--head-min {v['head_max']} --head-max "
-                         f"{v['head_min']})")
-    return SAPConfig(mode=a.sap_mode, lam=v["lam"], layers=_layers(v["layers"]) or "all", seed=a.seed,
-                     head_percentile=(v["head_min"], v["head_max"]), queries=v["queries"])
+    over = {"seed": a.seed}
+    if a.lam is not None:
+        over["lam"] = a.lam
+    if a.head_min is not None:
+        over["head_percentile"] = (a.head_min, a.head_max)
+    if a.queries is not None:
+        over["queries"] = a.queries
+    if a.layers is not None:
+        over["layers"] = _layers(a.layers) or "all"
+    return protocol.sap_config(a.sap_mode, **over)
 
 
 def cmd_eval(a) -> int:
@@ -107,16 +126,18 @@ def cmd_eval(a) -> int:
     from .provenance import data_identity
     from .tasks.loaders import load_benchmark
 
-    sap_cfg = _sap_config(a)
+    _check_sap_options(a)
     world = distributed.init(a.device)
     samples = load_benchmark(a.benchmark, a.data, split=a.split, limit_per_family=a.limit)
     lm = load_model_for(a)
-    spec = RunSpec(model=a.model, benchmark=a.benchmark, sap=sap_cfg.to_dict() if sap_cfg else None,
-                   blind=a.blind, max_new_tokens=a.max_new_tokens, seed=a.seed, data=data_identity(a.data),
-                   split=a.split).bound(lm)
+    spec = RunSpec(model=a.model, benchmark=a.benchmark, blind=a.blind, max_new_tokens=a.max_new_tokens,
+                   seed=a.seed, data=data_identity(a.data), split=a.split, protocol=a.protocol,
+                   reasoning=a.reasoning)
+    sap_cfg = _sap_config(a, spec.resolve(lm))
+    spec = dataclasses.replace(spec, sap=sap_cfg.to_dict() if sap_cfg else None).bound(lm)
     tag = sap_cfg.tag() if sap_cfg else ("blind" if a.blind else "vanilla")
     data = f"-{Path(a.data).stem}" if a.data else ""
-    name = f"{Path(a.model).name}-{a.benchmark}{data}-{a.split}-{tag}-{spec.digest()}.jsonl"
+    name = f"{Path(a.model).name}-{a.benchmark}{data}-{a.split}-{a.protocol}-{tag}-{spec.digest()}.jsonl"
     out = Path(a.out) if a.out else Path("results") / "eval" / name
     records = evaluate(lm, samples, out, spec, batch_size=a.batch_size, sap_cfg=sap_cfg, world=world,
                        progress=world.is_main)
@@ -167,8 +188,19 @@ def cmd_book(a) -> int:
     return build_book(a.profile)
 
 
+class UsageError(ValueError):
+    """A command line argparse refuses (unknown option, bad value)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line as a UsageError, so that it ends in the same one line as every other error."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (`{self.prog} --help` lists the options)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lostattn", description=__doc__)
+    p = _Parser(prog="lostattn", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def model_args(sp):
@@ -197,13 +229,23 @@ def main(argv: list[str] | None = None) -> int:
 
     e = sub.add_parser("eval", help="score a model on a benchmark, vanilla or with SAP")
     model_args(e)
-    e.add_argument("--sap-mode", default=None, help="SAP mode, e.g. gaussian_noise, uniform, vis_enc_attn, complexity")
+    e.add_argument("--protocol", default="controlled", choices=["controlled", "official"],
+                   help="controlled: one rule for every family (greedy, 8 tokens, all heads); official: what the "
+                        "paper's scripts do for the model's family (prompt order, sampling, head and layer windows)")
+    e.add_argument("--reasoning", action="store_true",
+                   help="a reasoning model (e.g. Ocean-R1): the <think>/<answer> instruction, answer read from "
+                        "<answer>")
+    e.add_argument("--sap-mode", default=None,
+                   help="SAP mode: gaussian_noise, uniform, key, vis_enc_attn or complexity")
     e.add_argument("--lam", type=float, default=None, help="SAP mixing weight (default 1: full replacement)")
-    e.add_argument("--head-min", type=float, default=None, help="SAP head window, lower percentile (default 0)")
-    e.add_argument("--head-max", type=float, default=None, help="SAP head window, upper percentile (default 1)")
+    e.add_argument("--head-min", type=float, default=None,
+                   help="SAP head window, lower percentile (default: the protocol's; controlled 0)")
+    e.add_argument("--head-max", type=float, default=None,
+                   help="SAP head window, upper percentile (default: the protocol's; controlled 1)")
     e.add_argument("--queries", default=None, choices=["last", "text"], help="SAP query rows (default: last)")
     e.add_argument("--blind", action="store_true", help="remove the image (text-only control)")
-    e.add_argument("--max-new-tokens", type=_positive_int, default=8)
+    e.add_argument("--max-new-tokens", type=_positive_int, default=None,
+                   help="default: the protocol's (controlled 8, official 1024)")
     e.add_argument("--out", default=None)
     e.set_defaults(fn=cmd_eval)
 
@@ -227,7 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--profile", default="tiny")
     b.set_defaults(fn=cmd_book)
 
-    a = p.parse_args(argv)
+    try:
+        a = p.parse_args(argv)
+    except UsageError as err:
+        cmd = next((w for w in (argv if argv is not None else sys.argv[1:]) if not w.startswith("-")), "")
+        print(f"lostattn{' ' + cmd if cmd else ''}: error: {err}", file=sys.stderr)
+        return 2
     try:
         _check_args(a)
         return _run(a)

@@ -1,4 +1,5 @@
-"""The benchmark harness: batched generation over a benchmark, vanilla or with SAP, resumable, data parallel.
+"""The benchmark harness: batched generation over a benchmark under a protocol, vanilla or with SAP, resumable,
+data parallel.
 
 Each finished sample is appended at once to a JSON-lines results file (`lostattn.records`) whose first line names
 the run: `RunSpec.key()`, every input that changes a record. Rerunning with the same file skips the finished
@@ -13,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,49 +23,53 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import distributed, records
-from .prompts import chat_prompt, prepare_inputs
+from .generation import generate_replies
+from .prompts import chat_prompt
+from .protocols import Protocol, get_protocol
 from .provenance import provenance
-from .sap import SAPConfig, sap
+from .sap import SAPConfig
 from .tasks.scoring import extract, is_correct, summarize
 from .tasks.types import VQASample
-
-# How replies are decoded unless a run says otherwise: greedy, one beam.
-GREEDY = {"do_sample": False, "num_beams": 1}
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """What identifies a run: two runs with equal keys can share a results file.
 
-    `data` identifies the benchmark file (`provenance.data_identity`); `dtype`, `device` and `weights` are taken from
-    the loaded model by `evaluate` when left None (`bound`)."""
+    `protocol` names how the model is prompted and decodes (`lostattn.protocols`: "controlled" or "official");
+    `max_new_tokens` None takes the protocol's. `data` identifies the benchmark file (`provenance.data_identity`);
+    `dtype`, `device`, `weights` and the resolved protocol are read from the loaded model by `bound`."""
 
     model: str
     benchmark: str
     sap: dict | None = None
     blind: bool = False
-    max_new_tokens: int = 8
+    max_new_tokens: int | None = None
     seed: int = 42
     data: str | None = None
     split: str = "test"
+    protocol: str = "controlled"
+    reasoning: bool = False
     dtype: str | None = None
     device: str | None = None
     weights: str | None = None
+    decoding: dict | None = None  # the resolved protocol's key (prompt order, image size, decoding), set by `bound`
 
-    def decoding(self) -> dict:
-        """Keyword arguments for `model.generate` (all of them enter the key)."""
-        return {**GREEDY, "max_new_tokens": self.max_new_tokens}
+    def resolve(self, lm) -> Protocol:
+        """The protocol this run uses on the loaded model `lm`."""
+        return get_protocol(lm, self.protocol, reasoning=self.reasoning, max_new_tokens=self.max_new_tokens,
+                            seed=self.seed)
 
     def key(self) -> dict:
         """Every input that changes a record; the one place a new such input is added."""
         return {"model": self.model, "weights": self.weights, "dtype": self.dtype, "device": self.device,
                 "benchmark": self.benchmark, "data": self.data, "split": self.split, "sap": self.sap,
-                "blind": self.blind, "decoding": self.decoding(), "seed": self.seed}
+                "blind": self.blind, "protocol": self.decoding, "seed": self.seed}
 
     def bound(self, lm) -> "RunSpec":
-        """This spec with dtype, device (its type: cpu, cuda) and weights read from the loaded model `lm`."""
+        """This spec with dtype, device (its type: cpu, cuda), weights and the resolved protocol read from `lm`."""
         found = {"dtype": str(lm.model.dtype).removeprefix("torch."), "device": torch.device(lm.device).type,
-                 "weights": getattr(lm, "fingerprint", "") or ""}
+                 "weights": getattr(lm, "fingerprint", "") or "", "decoding": self.resolve(lm).key()}
         for name, value in found.items():
             given = getattr(self, name)
             if given is not None and given != value:
@@ -91,42 +95,26 @@ def _image_identity(img) -> str:
     return "generated"  # drawn from the benchmark definition, which the run key names
 
 
-def input_digest(lm, sample: VQASample, blind: bool = False) -> str:
+def input_digest(lm, sample: VQASample, blind: bool = False, protocol: Protocol | None = None) -> str:
     """16 hex digits of what a record is made from: the prompt as rendered, the image, the answer and options."""
     with_image = sample.image is not None and not blind
-    parts = [chat_prompt(lm.processor, sample.question, with_image=with_image),
+    question = protocol.question_text(sample.question) if protocol is not None else sample.question
+    parts = [chat_prompt(lm.processor, question, with_image=with_image, protocol=protocol),
              _image_identity(sample.image) if with_image else "none", sample.answer, sample.kind,
              json.dumps(sample.options, sort_keys=True)]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
 def generate_batch(lm, samples: list[VQASample], max_new_tokens: int = 8, sap_cfg: SAPConfig | None = None,
-                   blind: bool = False, decoding: dict | None = None) -> list[str]:
-    """Replies for a batch (left padding), in order. Samples with and without an image go to the model as separate
-    groups, so each reply is what the sample gets alone; SAP, when given, is active for the whole generation of the
-    samples that have an image (there is no visual token to replace in the others). `decoding` (keyword arguments of
-    `model.generate`) defaults to greedy decoding of `max_new_tokens`."""
-    decoding = decoding if decoding is not None else {**GREEDY, "max_new_tokens": max_new_tokens}
-    with_img = [i for i, s in enumerate(samples) if s.image is not None and not blind]
-    without = [i for i in range(len(samples)) if i not in set(with_img)]
-    replies: list[str | None] = [None] * len(samples)
-    for group in (with_img, without):
-        if not group:
-            continue
-        batch = [samples[i] for i in group]
-        inputs = prepare_inputs(lm, batch, blind)
-        use_sap = sap_cfg is not None and "pixel_values" in inputs
-        ctx = sap(lm, sap_cfg, inputs, [s.id for s in batch]) if use_sap else nullcontext()
-        with torch.no_grad(), ctx:
-            out = lm.model.generate(**inputs, **decoding)
-        new = out[:, inputs["input_ids"].shape[1]:]
-        for i, r in zip(group, lm.processor.batch_decode(new, skip_special_tokens=True)):
-            replies[i] = r
-    return replies
+                   blind: bool = False) -> list[str]:
+    """Replies for a batch under the controlled protocol (greedy, `max_new_tokens`), vanilla or with SAP; see
+    `lostattn.generation.generate_replies` for any protocol."""
+    return generate_replies(lm, samples, get_protocol(lm, "controlled", max_new_tokens=max_new_tokens), sap_cfg,
+                            blind)
 
 
-def _record(s: VQASample, reply: str, digest: str, with_image: bool, rank: int) -> dict:
-    pred = extract(s.kind, reply, s.options)
+def _record(s: VQASample, reply: str, answer_text: str, digest: str, with_image: bool, rank: int) -> dict:
+    pred = extract(s.kind, answer_text, s.options)
     return {"id": s.id, "benchmark": s.benchmark, "family": s.family, "kind": s.kind,
             "subtype": s.meta.get("subtype", ""), "answer": s.answer, "reply": reply, "prediction": pred,
             "correct": bool(is_correct(s.kind, pred, s.answer)), "with_image": with_image, "inputs": digest,
@@ -168,8 +156,9 @@ def evaluate(lm, samples: list[VQASample], out_file: str | Path, spec: RunSpec, 
                          f"so a repeated id would be scored once and counted twice")
     spec = spec.bound(lm)
     key = spec.key()
+    protocol = spec.resolve(lm)
     world = world or distributed.current()
-    digests = {s.id: input_digest(lm, s, spec.blind) for s in samples}
+    digests = {s.id: input_digest(lm, s, spec.blind, protocol) for s in samples}
     mine = world.shard(samples)
     own = part_path(path, world.rank) if world.active else path
     with records.locked(own):
@@ -179,7 +168,7 @@ def evaluate(lm, samples: list[VQASample], out_file: str | Path, spec: RunSpec, 
                 done = {**records.read(other, key, repair=False), **done}
         _check_inputs(path, done, digests)
         todo = [s for s in mine if s.id not in done]
-        _generate_into(lm, own, todo, spec, key, sap_cfg, batch_size, digests, world.rank,
+        _generate_into(lm, own, todo, spec, protocol, key, sap_cfg, batch_size, digests, world.rank,
                        desc=f"eval {spec.benchmark}" + (f" rank {world.rank}" if world.active else ""),
                        total=len(mine), progress=progress)
     if world.active:
@@ -191,16 +180,16 @@ def evaluate(lm, samples: list[VQASample], out_file: str | Path, spec: RunSpec, 
     return pd.DataFrame([final[i] for i in ids if i in final])
 
 
-def _generate_into(lm, path: Path, todo, spec: RunSpec, key: dict, sap_cfg, batch_size: int, digests: dict,
-                   rank: int, desc: str, total: int, progress: bool) -> None:
+def _generate_into(lm, path: Path, todo, spec: RunSpec, protocol: Protocol, key: dict, sap_cfg, batch_size: int,
+                   digests: dict, rank: int, desc: str, total: int, progress: bool) -> None:
     torch.manual_seed(spec.seed)
     bar = tqdm(total=total, initial=total - len(todo), desc=desc, disable=not progress)
-    with records.start(path, key, provenance(seed=spec.seed)) as f:
+    with records.Writer(path, key, provenance(seed=spec.seed)) as out:
         for a in range(0, len(todo), batch_size):
             batch = todo[a:a + batch_size]
-            replies = generate_batch(lm, batch, sap_cfg=sap_cfg, blind=spec.blind, decoding=spec.decoding())
-            records.append(f, [_record(s, r, digests[s.id], s.image is not None and not spec.blind, rank)
-                               for s, r in zip(batch, replies)])
+            replies = generate_replies(lm, batch, protocol, sap_cfg, spec.blind)
+            out.append([_record(s, r, protocol.answer_text(r), digests[s.id], s.image is not None and not spec.blind,
+                                rank) for s, r in zip(batch, replies)])
             bar.update(len(batch))
     bar.close()
 
@@ -219,8 +208,8 @@ def merge_parts(path: Path, key: dict, order: list[str]) -> int:
                         new.setdefault(sid, rec)
         rank_of = {i: n for n, i in enumerate(order)}
         recs = sorted(new.values(), key=lambda r: (rank_of.get(r["id"], len(order)), str(r["id"])))
-        with records.start(path, key, provenance(seed=key.get("seed"))) as f:
-            records.append(f, recs)
+        with records.Writer(path, key, provenance(seed=key.get("seed"))) as out:
+            out.append(recs)
         for p in parts:
             p.unlink()
             records.lock_path(p).unlink(missing_ok=True)

@@ -125,16 +125,32 @@ def header(key: dict, provenance: dict) -> str:
     return json.dumps({"format": FORMAT, "run": key, "provenance": provenance}) + "\n"
 
 
-def start(path: str | Path, key: dict, provenance: dict):
-    """Open `path` for appending (the caller holds the lock), writing the header first when the file is empty."""
-    f = Path(path).open("a")
-    if f.tell() == 0:
-        f.write(header(key, provenance))
-        f.flush()
-    return f
+class Writer:
+    """Appends records to `path` (the caller holds the lock). The header is written with the first records, so a
+    run that fails before finishing any sample leaves no file behind, and a resumed one appends after the last
+    whole line. Each `append` writes whole lines and flushes: an interruption cuts at most the last line."""
 
+    def __init__(self, path: str | Path, key: dict, provenance: dict):
+        self.path, self.key, self.provenance = Path(path), key, provenance
+        self._f = None
 
-def append(f, records: list[dict]) -> None:
-    """Append whole lines and flush, so that an interruption cuts at most the last line."""
-    f.write("".join(json.dumps(r) + "\n" for r in records))
-    f.flush()
+    def append(self, records: list[dict]) -> None:
+        if not records:
+            return
+        if self._f is None:
+            self._f = self.path.open("a")
+            if self._f.tell() == 0:
+                self._f.write(header(self.key, self.provenance))
+        self._f.write("".join(json.dumps(r) + "\n" for r in records))
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

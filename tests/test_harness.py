@@ -21,8 +21,9 @@ def test_resume_skips_finished_samples_and_loses_nothing(lm, samples, tmp_path, 
     calls = []
     import lostattn.evaluate as ev
 
-    real = ev.generate_batch
-    monkeypatch.setattr(ev, "generate_batch", lambda lm_, b, *a, **k: calls.append([s.id for s in b]) or real(lm_, b, *a, **k))
+    real = ev.generate_replies
+    monkeypatch.setattr(ev, "generate_replies",
+                        lambda lm_, b, *a, **k: calls.append([s.id for s in b]) or real(lm_, b, *a, **k))
     again = evaluate(lm, samples[:8], out, spec, batch_size=2, progress=False)
     assert sorted(i for c in calls for i in c) == sorted(s.id for s in samples[5:8])
     assert list(again["id"]) == [s.id for s in samples[:8]]
