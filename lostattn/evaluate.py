@@ -20,9 +20,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm import tqdm
 
-from . import distributed, records
+from . import distributed, runner
 from .generation import generate_replies
 from .prompts import chat_prompt
 from .protocols import Protocol, get_protocol
@@ -113,29 +112,22 @@ def generate_batch(lm, samples: list[VQASample], max_new_tokens: int = 8, sap_cf
                             blind)
 
 
-def _record(s: VQASample, reply: str, answer_text: str, digest: str, with_image: bool, rank: int) -> dict:
+def _record(s: VQASample, reply: str, answer_text: str, digest: str, with_image: bool) -> dict:
     pred = extract(s.kind, answer_text, s.options)
     return {"id": s.id, "benchmark": s.benchmark, "family": s.family, "kind": s.kind,
             "subtype": s.meta.get("subtype", ""), "answer": s.answer, "reply": reply, "prediction": pred,
-            "correct": bool(is_correct(s.kind, pred, s.answer)), "with_image": with_image, "inputs": digest,
-            "rank": rank}
+            "correct": bool(is_correct(s.kind, pred, s.answer)), "with_image": with_image, "inputs": digest}
 
 
-def part_path(path: Path, rank: int) -> Path:
-    """The file rank `rank` writes under a launcher; merged into `path` by rank 0."""
-    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
-
-
-def _parts(path: Path) -> list[Path]:
-    return sorted(path.parent.glob(f"{path.stem}.rank*{path.suffix}"))
-
-
-def _check_inputs(path: Path, done: dict[str, dict], digests: dict[str, str]) -> None:
-    for sid, rec in done.items():
-        if sid in digests and rec.get("inputs") != digests[sid]:
-            raise ValueError(f"{path}: the finished record of sample {sid!r} was made from other inputs (its prompt, "
-                             f"image, options or answer differ from this run's: another benchmark file or prompt "
-                             f"template under the same name?). Use another output file or delete this one.")
+def _inputs_checker(digests: dict[str, str]):
+    def check(path: Path, done: dict[str, dict]) -> None:
+        for sid, rec in done.items():
+            if sid in digests and rec.get("inputs") != digests[sid]:
+                raise ValueError(f"{path}: the finished record of sample {sid!r} was made from other inputs (its "
+                                 f"prompt, image, options or answer differ from this run's: another benchmark file or "
+                                 f"prompt template under the same name?). Use another output file or delete this "
+                                 f"one.")
+    return check
 
 
 def evaluate(lm, samples: list[VQASample], out_file: str | Path, spec: RunSpec, batch_size: int = 16,
@@ -143,77 +135,23 @@ def evaluate(lm, samples: list[VQASample], out_file: str | Path, spec: RunSpec, 
              world: distributed.World | None = None) -> pd.DataFrame:
     """Score `samples`, appending per-sample records to `out_file`; returns all records of the run, in the order of
     `samples`. Under a launcher (`world` with several ranks) each rank scores its shard and every rank returns the
-    merged records."""
-    path = Path(out_file)
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    merged records (`lostattn.runner`)."""
     if (sap_cfg.to_dict() if sap_cfg else None) != spec.sap:
         raise ValueError("spec.sap must equal sap_cfg.to_dict() (or both be None)")
-    ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"sample ids repeat ({dup[:5]}{' ...' if len(dup) > 5 else ''}): each record is kept per id, "
-                         f"so a repeated id would be scored once and counted twice")
+    runner.refuse_repeated_ids([s.id for s in samples])
     spec = spec.bound(lm)
-    key = spec.key()
     protocol = spec.resolve(lm)
-    world = world or distributed.current()
     digests = {s.id: input_digest(lm, s, spec.blind, protocol) for s in samples}
-    mine = world.shard(samples)
-    own = part_path(path, world.rank) if world.active else path
-    with records.locked(own):
-        done = records.read(own, key)  # repairs a cut-short tail of this rank's own file
-        if world.active:  # what the merged file and the other ranks' parts already hold is not redone
-            for other in [path] + [p for p in _parts(path) if p != own]:
-                done = {**records.read(other, key, repair=False), **done}
-        _check_inputs(path, done, digests)
-        todo = [s for s in mine if s.id not in done]
-        _generate_into(lm, own, todo, spec, protocol, key, sap_cfg, batch_size, digests, world.rank,
-                       desc=f"eval {spec.benchmark}" + (f" rank {world.rank}" if world.active else ""),
-                       total=len(mine), progress=progress)
-    if world.active:
-        world.barrier()
-        if world.is_main:
-            merge_parts(path, key, ids)
-        world.barrier()
-    final = records.read(path, key, repair=False)
-    return pd.DataFrame([final[i] for i in ids if i in final])
-
-
-def _generate_into(lm, path: Path, todo, spec: RunSpec, protocol: Protocol, key: dict, sap_cfg, batch_size: int,
-                   digests: dict, rank: int, desc: str, total: int, progress: bool) -> None:
     torch.manual_seed(spec.seed)
-    bar = tqdm(total=total, initial=total - len(todo), desc=desc, disable=not progress)
-    with records.Writer(path, key, provenance(seed=spec.seed)) as out:
-        for a in range(0, len(todo), batch_size):
-            batch = todo[a:a + batch_size]
-            replies = generate_replies(lm, batch, protocol, sap_cfg, spec.blind)
-            out.append([_record(s, r, protocol.answer_text(r), digests[s.id], s.image is not None and not spec.blind,
-                                rank) for s, r in zip(batch, replies)])
-            bar.update(len(batch))
-    bar.close()
 
+    def work(batch: list[VQASample]) -> list[dict]:
+        replies = generate_replies(lm, batch, protocol, sap_cfg, spec.blind)
+        return [_record(s, r, protocol.answer_text(r), digests[s.id], s.image is not None and not spec.blind)
+                for s, r in zip(batch, replies)]
 
-def merge_parts(path: Path, key: dict, order: list[str]) -> int:
-    """Append the records of the rank part files to `path` (each sample id once, in `order`, then any other), then
-    remove the parts. Returns the number of records added."""
-    with records.locked(path):
-        have = records.read(path, key)
-        new: dict[str, dict] = {}
-        parts = _parts(path)
-        for p in parts:
-            with records.locked(p):
-                for sid, rec in records.read(p, key).items():
-                    if sid not in have:
-                        new.setdefault(sid, rec)
-        rank_of = {i: n for n, i in enumerate(order)}
-        recs = sorted(new.values(), key=lambda r: (rank_of.get(r["id"], len(order)), str(r["id"])))
-        with records.Writer(path, key, provenance(seed=key.get("seed"))) as out:
-            out.append(recs)
-        for p in parts:
-            p.unlink()
-            records.lock_path(p).unlink(missing_ok=True)
-    return len(recs)
+    done = runner.run(out_file, spec.key(), samples, work, provenance(seed=spec.seed), batch_size, world, progress,
+                      desc=f"eval {spec.benchmark}", check=_inputs_checker(digests))
+    return pd.DataFrame(list(done.values()))
 
 
 def throughput(lm, samples: list[VQASample], batch_size: int, max_new_tokens: int = 8, repeats: int = 1) -> dict:
@@ -231,4 +169,4 @@ def throughput(lm, samples: list[VQASample], batch_size: int, max_new_tokens: in
             "batch_size": batch_size, "n": len(samples)}
 
 
-__all__ = ["RunSpec", "evaluate", "generate_batch", "input_digest", "merge_parts", "summarize", "throughput"]
+__all__ = ["RunSpec", "evaluate", "generate_batch", "input_digest", "summarize", "throughput"]
