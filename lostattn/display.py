@@ -99,13 +99,12 @@ class Table:
         out = ['<div class="lostattn-table">', '<table class="lostattn">']
         if self.caption:
             out.append(f"<caption>{html.escape(self.caption)}</caption>")
-        out.append("<thead><tr>" + "".join(
-            f'<th{" class=\"num\"" if n else ""}>{html.escape(str(c))}</th>' for c, n in zip(self.df.columns, num))
-            + "</tr></thead>")
+        cls = ['' if not n else ' class="num"' for n in num]
+        out.append("<thead><tr>" + "".join(f"<th{k}>{html.escape(str(c))}</th>" for c, k in zip(self.df.columns, cls))
+                   + "</tr></thead>")
         out.append("<tbody>")
         for row in self.cells():
-            out.append("<tr>" + "".join(f'<td{" class=\"num\"" if n else ""}>{html.escape(v)}</td>'
-                                        for v, n in zip(row, num)) + "</tr>")
+            out.append("<tr>" + "".join(f"<td{k}>{html.escape(v)}</td>" for v, k in zip(row, cls)) + "</tr>")
         out.append("</tbody></table>")
         if self.note:
             out.append(f'<p class="lostattn-table-note">{html.escape(self.note)}</p>')

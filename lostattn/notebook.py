@@ -25,11 +25,12 @@ class Run:
     samples: list
     out_dir: Path
     meta: dict
+    extra_keys: tuple = ()
 
     def stamp(self, fig, extra: str = "") -> None:
         """Footer naming the profile, model, commit and seed that produced the figure."""
         m = self.meta
-        text = (f"profile={m['profile']} · model={m['model']} · benchmark={m['benchmark']} · "
+        text = (f"profile={m['profile']} · model={m['model_label']} · benchmark={m['benchmark']} · "
                 f"commit={m['git_commit'][:12]} · seed={m['seed']}" + (f" · {extra}" if extra else ""))
         fig.text(0.5, -0.02, text, ha="center", va="top", fontsize=7, color="0.35")
 
@@ -44,6 +45,28 @@ class Run:
         path = self.out_dir / f"{name}.png"
         fig.savefig(path, dpi=130, bbox_inches="tight")
         return path
+
+    def show_figure(self, fig, name: str, extra: str = "") -> None:
+        """Stamp the provenance footer, save `<name>.png` under out_dir, close the figure and display the PNG."""
+        import matplotlib.pyplot as plt
+        from IPython.display import Image, display
+
+        self.stamp(fig, extra)
+        path = self.save_figure(fig, name)
+        plt.close(fig)
+        display(Image(filename=str(path)))
+
+    def summary(self):
+        """The run's parameters in a collapsed box (paths shown without the machine's folders)."""
+        from IPython.display import Markdown
+
+        from .display import run_summary_markdown
+
+        m = self.meta
+        keys = ["profile", "model", "benchmark", "split", "samples", "device", "dtype", "seed", *self.extra_keys]
+        params = {k: m[k] for k in keys if k in m}
+        return Markdown(run_summary_markdown(params, f"Run: {m['model_label']} on {m['benchmark']} "
+                                                     f"({m['samples']} samples)"))
 
 
 def start(profile: str, model: str, device: str, dtype: str, benchmark: str, data, split: str,
@@ -68,8 +91,15 @@ def start(profile: str, model: str, device: str, dtype: str, benchmark: str, dat
     lm = load_model(model, device=device, dtype=dtype)
     samples = load_benchmark(benchmark, data, split=split, limit_per_family=samples_per_family)
     meta = provenance(seed=seed, profile=profile, model=model, benchmark=benchmark, device=device, dtype=dtype,
-                      samples=len(samples), **extra)
-    return Run(lm, samples, out, meta)
+                      samples=len(samples), split=split, data=str(data) if data else None,
+                      model_label=model_label(model, extra.pop("model_name", None)), **extra)
+    return Run(lm, samples, out, meta, tuple(extra))
+
+
+def model_label(model: str, model_name: str | None = None) -> str:
+    """How pages name a model: the name given (the paper's spelling, e.g. Qwen2.5-VL-3B-Instruct), else the
+    checkpoint folder's name."""
+    return model_name or Path(str(model)).name
 
 
 def check_reference(df: pd.DataFrame, name: str, keys: list[str], atol: dict[str, float]) -> str:
