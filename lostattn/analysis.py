@@ -1,30 +1,39 @@
 """Residual-subspace analysis: the metrics of every layer's attention and FFN updates, per sample and token scope,
-under the vanilla model and the two noise controls, plus the eps_RoPE baseline.
+under the vanilla model and the noise controls, plus the eps_RoPE baseline.
 
-Which update is measured against which stream:
-- attention: X -> X + dX_attn (X the layer input);
-- FFN: X_mid -> X_mid + dX_ffn (X_mid = X + dX_attn, the stream the FFN adds to);
-- Noise Delta / Noise QKV: the attention update of a run with that control active on every analysed layer;
+States and updates (per layer, the model's own tensors): X_in the layer input, X_mid = X_in + dX_attn (the stream
+the FFN adds to), X_out = X_mid + dX_ffn (the next layer's input); the updates are the differences of consecutive
+states, as the official code takes them.
+- attention: RID of X_mid against X_in, MixIG = TME(X_mid) - TME(X_in);
+- FFN: RID of X_out against X_in (`MetricSpec.ffn_reference` "input", official) or X_mid ("mid", paper text),
+  MixIG = TME(X_out) - TME(X_mid);
+- Noise Delta / Noise QKV / Noise FFN: the attention (Delta, QKV) or FFN (FFN) update of a run with that control
+  on; under the official controls Noise QKV and Noise FFN redraw the whole model (vision tower included) with seed
+  42, as the official code does, under "ours" only the analysed decoder layers (`lostattn.controls`);
 - eps_RoPE: RID(X_l^(RoPE) | X_l^(no RoPE)) of each layer's output, same inputs, rotary embeddings on vs off.
-Metrics are computed per sample on the tokens of a scope (all, visual, text; padding never counts).
+Metrics are computed per sample on the tokens of a scope (all, visual, text; padding never counts), samples with
+equally many tokens batched together, each state's spectrum and TME reused along the stream (`Stream`).
+
+Every row records the metric spec's name (`spec`) and the controls' preset (`controls`), and carries both MixIG
+variants: `mixig_state` = TME(X') - TME(X) and `mixig_delta` = TME(dX) - TME(X), with `mixig` the one the spec
+names (states in both presets), and the raw `tme_in`, `tme_out`, `tme_delta`.
 """
 from __future__ import annotations
-
-from contextlib import nullcontext
 
 import pandas as pd
 import torch
 from tqdm import tqdm
 
 from .capture import SCOPES, LayerCapture, ResidualCapture, no_rope, token_masks
-from .controls import noise_delta, noise_qkv
-from .metrics import RankRule, rid, update_metrics
+from .controls import CONDITIONS, PRESETS, control
+from .metrics import MetricSpec, State, Stream, _rid, as_spec
 from .prompts import prepare_inputs
 
-CONDITIONS = ("vanilla", "noise_delta", "noise_qkv")
+CONDITION_MODULES = {"vanilla": ("attention", "ffn"), "noise_delta": ("attention",), "noise_qkv": ("attention",),
+                     "noise_ffn": ("ffn",)}
 # Table 1's rows: (condition, module) -> label
 TABLE1_ROWS = {("noise_delta", "attention"): "Noise Δ", ("noise_qkv", "attention"): "Noise QKV",
-               ("vanilla", "attention"): "Attention", ("vanilla", "ffn"): "FFN"}
+               ("noise_ffn", "ffn"): "Noise FFN", ("vanilla", "attention"): "Attention", ("vanilla", "ffn"): "FFN"}
 
 
 def _check(scopes, conditions):
@@ -41,70 +50,125 @@ def _batches(samples, batch_size):
         yield samples[a:a + batch_size]
 
 
-def _metric_rows(rec: LayerCapture, masks, ids, scopes, rule, condition, modules=("attention", "ffn")):
-    rows = []
-    x_mid = rec.x + rec.d_attn
-    pairs = {"attention": (rec.x, rec.d_attn), "ffn": (x_mid, rec.d_ffn)}
-    for b, sid in enumerate(ids):
-        for scope in scopes:
-            idx = masks[scope][b]
-            n = int(idx.sum())
-            if n < 2:
-                continue
-            for module in modules:
-                x, d = pairs[module]
-                m = update_metrics(x[b, idx], d[b, idx], rule)
-                rows.append({"sample": sid, "layer": rec.layer, "condition": condition, "module": module,
-                             "scope": scope, "n_tokens": n, **{k: float(v) for k, v in m.items()}})
-    return rows
+def _groups(masks, scopes):
+    """(scope, sample indices, n_tokens) for the samples of a batch with equally many tokens in that scope."""
+    out = []
+    for scope in scopes:
+        counts = masks[scope].sum(1).tolist()
+        for n in sorted(set(counts)):
+            if n >= 2:
+                out.append((scope, [b for b, c in enumerate(counts) if c == n], n))
+    return out
 
 
-def residual_metrics(lm, samples, layers: list[int] | None = None, scopes=("all",), rule: RankRule = RankRule(),
-                     conditions=CONDITIONS, batch_size: int = 8, seed: int = 0, progress: bool = True) -> pd.DataFrame:
-    """One row per (sample, layer, condition, module, scope) with erank_in/out, dS, dD, rid, mixig, tme_in, rank."""
+def _gather(t, mask, idx):
+    return torch.stack([t[b, mask[b]] for b in idx])
+
+
+class _LayerMetrics:
+    """The on_layer sink of one forward pass: per (scope, group) a Stream, rows in (layer, sample, scope, module)
+    order."""
+
+    def __init__(self, spec, masks, ids, scopes, condition, controls, layers, num_layers, dtype, reuse):
+        self.spec, self.masks, self.ids, self.scopes = spec, masks, ids, scopes
+        self.condition, self.controls, self.modules = condition, controls, CONDITION_MODULES[condition]
+        self.analysed = set(range(num_layers)) if layers is None else set(layers)
+        self.groups = _groups(masks, scopes)
+        self.streams = {(g[0], tuple(g[1])): Stream(spec, dtype=dtype, reuse=reuse) for g in self.groups}
+        self.rows: list[dict] = []
+
+    def __call__(self, rec: LayerCapture):
+        x_mid = rec.x + rec.d_attn  # the model's own sum, bit for bit
+        keep = rec.layer + 1 in self.analysed  # X_out is the next analysed layer's input: keep its basis
+        found = {}
+        for scope, idx, n in self.groups:
+            m = self.masks[scope]
+            res = self.streams[scope, tuple(idx)].layer(_gather(rec.x, m, idx), _gather(x_mid, m, idx),
+                                                       _gather(rec.x_out, m, idx), self.modules, keep_output=keep)
+            for j, b in enumerate(idx):
+                for module in self.modules:
+                    found[b, scope, module] = (n, {k: float(v[j]) for k, v in res[module].items()})
+        for b, sid in enumerate(self.ids):
+            for scope in self.scopes:
+                for module in self.modules:
+                    if (b, scope, module) in found:
+                        n, vals = found[b, scope, module]
+                        self.rows.append({"sample": sid, "layer": rec.layer, "condition": self.condition,
+                                          "module": module, "scope": scope, "n_tokens": n, "spec": self.spec.name,
+                                          "controls": self.controls, **vals})
+
+
+def _spec_and_controls(spec, controls):
+    spec = as_spec(spec)
+    if controls is None:
+        controls = "official" if spec.base == "official" else "ours"
+    if controls not in PRESETS:
+        raise ValueError(f"controls {controls!r} is not one of {PRESETS}")
+    return spec, controls
+
+
+def residual_metrics(lm, samples, layers: list[int] | None = None, scopes=("all",), spec=None,
+                     conditions=CONDITIONS, batch_size: int = 8, seed: int = 0, progress: bool = True,
+                     controls: str | None = None, dtype: torch.dtype = torch.float64,
+                     reuse: bool = True) -> pd.DataFrame:
+    """One row per (sample, layer, condition, module, scope): erank_in, erank_out, dS, dD, rid, rank, tme_in,
+    tme_out, tme_delta, mixig_state, mixig_delta, mixig, with n_tokens, spec and controls.
+
+    spec: a MetricSpec, "official" / "paper_text", None (official) or a RankRule (the paper-text spec with that
+    rule, as callers passed it before). controls: "official" or "ours" (None: "official" for specs based on the
+    official preset, else "ours"). Noise Delta and the "ours" controls are seeded per batch from `seed`."""
+    spec, controls = _spec_and_controls(spec, controls)
     _check(scopes, conditions)
     rows: list[dict] = []
-    total = len(samples) * len(conditions)
-    bar = tqdm(total=total, desc="residual metrics", disable=not progress)
+    bar = tqdm(total=len(samples) * len(conditions), desc="residual metrics", disable=not progress)
     for bi, batch in enumerate(_batches(samples, batch_size)):
         inputs = prepare_inputs(lm, batch)
         masks = token_masks(lm, inputs)
         ids = [s.id for s in batch]
         for condition in conditions:
             ctrl_seed = seed * 1_000_003 + bi
-            ctx = {"vanilla": nullcontext(), "noise_delta": noise_delta(lm, layers, seed=ctrl_seed),
-                   "noise_qkv": noise_qkv(lm, layers, seed=ctrl_seed)}[condition]
-            modules = ("attention", "ffn") if condition == "vanilla" else ("attention",)
-            collect = lambda rec: rows.extend(_metric_rows(rec, masks, ids, scopes, rule, condition, modules))  # noqa: E731
-            with torch.no_grad(), ctx, ResidualCapture(lm, layers, on_layer=collect):
+            sink = _LayerMetrics(spec, masks, ids, scopes, condition, controls, layers, lm.adapter.num_layers,
+                                 dtype, reuse)
+            with torch.no_grad(), control(condition, lm, layers, ctrl_seed, controls), \
+                    ResidualCapture(lm, layers, on_layer=sink):
                 lm.model(**inputs)
+            rows += sink.rows
             bar.update(len(batch))
     bar.close()
     return pd.DataFrame(rows)
 
 
-def rope_baseline(lm, samples, layers: list[int] | None = None, scopes=("all",), rule: RankRule = RankRule(),
-                  batch_size: int = 8, progress: bool = True) -> pd.DataFrame:
-    """eps_RoPE per (sample, layer, scope): RID of the layer output with RoPE relative to the one without."""
+def rope_baseline(lm, samples, layers: list[int] | None = None, scopes=("all",), spec=None,
+                  batch_size: int = 8, progress: bool = True, dtype: torch.dtype = torch.float64) -> pd.DataFrame:
+    """eps_RoPE per (sample, layer, scope): RID (dS, dD under `spec`) of the layer output with RoPE against the one
+    without."""
+    spec = as_spec(spec)
     _check(scopes, ())
     rows: list[dict] = []
     for batch in tqdm(list(_batches(samples, batch_size)), desc="eps_RoPE", disable=not progress):
         inputs = prepare_inputs(lm, batch)
         masks = token_masks(lm, inputs)
+        groups = _groups(masks, scopes)
         base: dict[int, torch.Tensor] = {}
 
         def keep(rec: LayerCapture):
             base[rec.layer] = rec.x_out
 
         def compare(rec: LayerCapture):
+            found = {}
+            for scope, idx, n in groups:
+                m = masks[scope]
+                ref = State(_gather(base[rec.layer], m, idx), dtype, basis=True)
+                out = State(_gather(rec.x_out, m, idx), dtype)
+                r = _rid(ref, out, State(out.x - ref.x, dtype), spec)
+                for j, b in enumerate(idx):
+                    found[b, scope] = (n, {k: float(r[k][j]) for k in ("dS", "dD", "rid")})
             for b, s in enumerate(batch):
                 for scope in scopes:
-                    idx = masks[scope][b]
-                    if int(idx.sum()) < 2:
-                        continue
-                    r = rid(base[rec.layer][b, idx], rec.x_out[b, idx], rule)
-                    rows.append({"sample": s.id, "layer": rec.layer, "scope": scope, "n_tokens": int(idx.sum()),
-                                 "dS": float(r.dS), "dD": float(r.dD), "rid": float(r.rid)})
+                    if (b, scope) in found:
+                        n, vals = found[b, scope]
+                        rows.append({"sample": s.id, "layer": rec.layer, "scope": scope, "n_tokens": n,
+                                     "spec": spec.name, **vals})
             del base[rec.layer]
 
         with torch.no_grad():
@@ -116,20 +180,28 @@ def rope_baseline(lm, samples, layers: list[int] | None = None, scopes=("all",),
 
 
 def table1(metrics: pd.DataFrame, scope: str = "all") -> pd.DataFrame:
-    """Module-level means (over samples and layers) of RID, dS, dD and MixIG, in Table 1's row order."""
+    """Module-level means (over samples and layers) of RID, dS, dD and MixIG (and MixIG of the update itself,
+    MixIG_delta), in Table 1's row order plus Noise FFN."""
     df = metrics[metrics["scope"] == scope]
     out = []
     for (cond, module), label in TABLE1_ROWS.items():
         g = df[(df["condition"] == cond) & (df["module"] == module)]
         if len(g):
-            out.append({"module": label, "RID": g["rid"].mean(), "dS": g["dS"].mean(), "dD": g["dD"].mean(),
-                        "MixIG": g["mixig"].mean(), "RID_sd": g["rid"].std(), "MixIG_sd": g["mixig"].std(),
-                        "n": len(g)})
+            row = {"module": label, "RID": g["rid"].mean(), "dS": g["dS"].mean(), "dD": g["dD"].mean(),
+                   "MixIG": g["mixig"].mean(), "RID_sd": g["rid"].std(), "MixIG_sd": g["mixig"].std(), "n": len(g)}
+            if "mixig_delta" in g:
+                row["MixIG_delta"] = g["mixig_delta"].mean()
+            if "spec" in g:
+                row["spec"] = ",".join(sorted(g["spec"].unique()))
+            out.append(row)
     return pd.DataFrame(out)
 
 
-def layer_curves(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per-layer means of every metric, per condition, module and scope."""
-    cols = ["erank_in", "erank_out", "dS", "dD", "rid", "mixig"]
+CURVE_COLUMNS = ("erank_in", "erank_out", "dS", "dD", "rid", "mixig")
+
+
+def layer_curves(metrics: pd.DataFrame, cols=CURVE_COLUMNS) -> pd.DataFrame:
+    """Per-layer means of the metrics `cols` (e.g. add "mixig_delta"), per condition, module and scope."""
+    cols = list(cols)
     return (metrics.groupby(["condition", "module", "scope", "layer"], as_index=False)[cols].mean()
             .sort_values(["condition", "module", "scope", "layer"]).reset_index(drop=True))

@@ -1,23 +1,44 @@
-"""The paper's noise controls, as reversible context managers.
+"""The paper's noise controls, as reversible context managers (the model is restored bit-exactly on exit).
 
-- `noise_delta`: every chosen layer's attention update dX_attn is replaced by Gaussian noise of matched norm
-  (per token row by default, or per sample over all tokens).
-- `noise_qkv`: the Q, K and V projection weights (and biases) of the chosen layers are replaced by Gaussian noise
-  with each tensor's own mean and standard deviation; the originals are restored on exit.
+- `noise_qkv`, preset "official" (as `replace_all_qkv_with_gaussian_` in the official `utils/noise_utils.py`):
+  every module of the model that has q_proj, k_proj and v_proj (the decoder and, for LLaVA / OneVision, the vision
+  tower), or a fused `qkv_proj` / `Wqkv` / `in_proj_weight`, has each projection *weight* redrawn from
+  N(mean, std^2) of that tensor (float32 statistics, population std; std 0 becomes 1e-6), from a generator on the
+  tensor's device seeded with 42 afresh for every tensor; biases keep their values. (Same seed and shape give the
+  same standard-normal draw: q, k and v of equal shape get proportional noise, as in the official code. Qwen2.5-VL's
+  vision blocks fuse Q, K, V in a module named `qkv`, which that scan does not match: their vision tower keeps
+  its weights.)
+- `noise_qkv`, preset "ours" (the project's earlier control): the Q, K, V projections of the chosen decoder
+  layers only, weights and biases, from one generator seeded once, sample std.
+- `noise_ffn` (official `replace_all_ffn_with_gaussian_`): every module named `mlp` (decoder and vision tower) has
+  its gate_proj / up_proj / down_proj weights, or, without those names, every Linear weight inside, redrawn the
+  same way; "ours" redraws the chosen decoder layers' MLP parameters like "ours" above.
+- `noise_delta`: the project's own control (the official code has none): every chosen layer's attention update
+  dX_attn is replaced by Gaussian noise of matched norm, per token row by default or per sample over all tokens.
 
-Both are seeded; for a fixed seed and fixed batches the noise is the same on every run.
+In both presets `layers` restricts the decoder layers touched (None: all); modules outside the decoder are part of
+the official scope whatever `layers` says. Each manager yields the names of the parameters it redrew.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 
 import torch
+from torch import nn
 
 MATCH = ("row", "sample")
+PRESETS = ("official", "ours")
+OFFICIAL_SEED = 42
+CONDITIONS = ("vanilla", "noise_delta", "noise_qkv", "noise_ffn")
 
 
 def _layers(adapter, layers):
     return list(range(adapter.num_layers)) if layers is None else list(layers)
+
+
+def _check_preset(preset):
+    if preset not in PRESETS:
+        raise ValueError(f"noise preset {preset!r} is not one of {PRESETS}")
 
 
 @contextmanager
@@ -39,29 +60,153 @@ def noise_delta(lm, layers: list[int] | None = None, seed: int = 0, match: str =
 
     handles = [lm.adapter.attn(i).register_forward_hook(hook) for i in _layers(lm.adapter, layers)]
     try:
-        yield
+        yield []
     finally:
         for h in handles:
             h.remove()
 
 
-@contextmanager
-def noise_qkv(lm, layers: list[int] | None = None, seed: int = 0):
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-    with torch.no_grad():
-        for i in _layers(lm.adapter, layers):
+# --- which parameters each preset redraws ---------------------------------------------------------------------------
+
+def _excluded_decoder_modules(lm, layers) -> set[int]:
+    """ids of the modules of decoder layers outside `layers` (none when layers is None)."""
+    if layers is None:
+        return set()
+    keep = set(layers)
+    return {id(m) for i, layer in enumerate(lm.adapter.layers) if i not in keep for m in layer.modules()}
+
+
+def _weight(module, attr):
+    sub = getattr(module, attr, None)
+    w = getattr(sub, "weight", None) if isinstance(sub, nn.Module) else None
+    return w if isinstance(w, nn.Parameter) else None
+
+
+def official_qkv_parameters(lm, layers=None) -> list[tuple[str, nn.Parameter]]:
+    """The weights the official Noise QKV redraws: q/k/v projections of every attention module (or a fused
+    qkv_proj / Wqkv / in_proj_weight), biases excluded."""
+    skip = _excluded_decoder_modules(lm, layers)
+    out = []
+    for name, module in lm.model.named_modules():
+        if id(module) in skip:
+            continue
+        qkv = [(a, _weight(module, a)) for a in ("q_proj", "k_proj", "v_proj")]
+        if all(isinstance(getattr(module, a, None), nn.Module) for a, _ in qkv):
+            out += [(f"{name}.{a}.weight", w) for a, w in qkv if w is not None]
+            continue
+        for a in ("qkv_proj", "Wqkv"):
+            w = _weight(module, a)
+            if w is not None:
+                out.append((f"{name}.{a}.weight", w))
+        w = getattr(module, "in_proj_weight", None)
+        if isinstance(w, nn.Parameter):
+            out.append((f"{name}.in_proj_weight", w))
+    return out
+
+
+def official_ffn_parameters(lm, layers=None) -> list[tuple[str, nn.Parameter]]:
+    """The weights the official Noise FFN redraws: in every module named `mlp`, gate_proj / up_proj / down_proj,
+    or without those every Linear inside; biases excluded."""
+    skip = _excluded_decoder_modules(lm, layers)
+    out = []
+    for name, module in lm.model.named_modules():
+        if id(module) in skip or not (name == "mlp" or name.endswith(".mlp")):
+            continue
+        named = [(a, _weight(module, a)) for a in ("gate_proj", "up_proj", "down_proj")]
+        named = [(f"{name}.{a}.weight", w) for a, w in named if w is not None]
+        if not named:
+            named = [(f"{name}.{sub}.weight" if sub else f"{name}.weight", m.weight)
+                     for sub, m in module.named_modules() if isinstance(m, nn.Linear)]
+        out += named
+    return out
+
+
+def _ours_parameters(lm, layers, part) -> list[tuple[str, nn.Parameter]]:
+    out = []
+    for i in _layers(lm.adapter, layers):
+        if part == "qkv":
             attn = lm.adapter.attn(i)
-            for name in ("q_proj", "k_proj", "v_proj"):
-                for p in getattr(attn, name).parameters():
-                    saved.append((p, p.detach().clone()))
-                    pf = p.detach().float()
-                    std = pf.std() if p.numel() > 1 else torch.tensor(0.0)
-                    noise = torch.randn(p.shape, generator=gen) * std.cpu() + pf.mean().cpu()
-                    p.copy_(noise.to(p.device, p.dtype))
+            for a in ("q_proj", "k_proj", "v_proj"):
+                out += [(f"layers.{i}.{a}.{n}", p) for n, p in getattr(attn, a).named_parameters()]
+        else:
+            out += [(f"layers.{i}.mlp.{n}", p) for n, p in lm.adapter.mlp(i).named_parameters()]
+    return out
+
+
+# --- redrawing ------------------------------------------------------------------------------------------------------
+
+def _redraw_official(p: torch.Tensor, seed: int) -> None:
+    pf = p.detach().float()
+    mean, std = pf.mean(), pf.std(unbiased=False)
+    if float(std) == 0.0:
+        std = torch.tensor(1e-6)
+    g = torch.Generator(device=p.device).manual_seed(seed)
+    noise = torch.empty(p.shape, dtype=torch.float32, device=p.device).normal_(float(mean), float(std), generator=g)
+    p.copy_(noise.to(p.dtype))
+
+
+def _redraw_ours(p: torch.Tensor, gen: torch.Generator) -> None:
+    pf = p.detach().float()
+    std = pf.std() if p.numel() > 1 else torch.tensor(0.0)
+    noise = torch.randn(p.shape, generator=gen) * std.cpu() + pf.mean().cpu()
+    p.copy_(noise.to(p.device, p.dtype))
+
+
+@contextmanager
+def _redrawn(params: list[tuple[str, nn.Parameter]], preset: str, seed: int):
+    saved = []
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     try:
-        yield
+        with torch.no_grad():
+            for _, p in params:
+                saved.append((p, p.detach().clone()))
+                _redraw_official(p, seed) if preset == "official" else _redraw_ours(p, gen)
+        yield [n for n, _ in params]
     finally:
         with torch.no_grad():
             for p, orig in saved:
                 p.copy_(orig)
+
+
+@contextmanager
+def noise_qkv(lm, layers: list[int] | None = None, seed: int | None = None, preset: str = "official"):
+    """Q, K, V projection weights redrawn as Gaussian noise of each tensor's mean and std (see the module
+    docstring for the two presets); seed: 42 for "official" (reset per tensor), 0 for "ours" (seeded once)."""
+    _check_preset(preset)
+    params = official_qkv_parameters(lm, layers) if preset == "official" else _ours_parameters(lm, layers, "qkv")
+    seed = (OFFICIAL_SEED if preset == "official" else 0) if seed is None else seed
+    with _redrawn(params, preset, seed) as names:
+        yield names
+
+
+@contextmanager
+def noise_ffn(lm, layers: list[int] | None = None, seed: int | None = None, preset: str = "official"):
+    """FFN (MLP) weights redrawn as Gaussian noise of each tensor's mean and std, like `noise_qkv`."""
+    _check_preset(preset)
+    params = official_ffn_parameters(lm, layers) if preset == "official" else _ours_parameters(lm, layers, "ffn")
+    seed = (OFFICIAL_SEED if preset == "official" else 0) if seed is None else seed
+    with _redrawn(params, preset, seed) as names:
+        yield names
+
+
+def control(condition: str, lm, layers: list[int] | None = None, seed: int = 0, preset: str = "official"):
+    """The context manager of a condition (vanilla: nothing). Under the official preset Noise QKV and Noise FFN
+    act on the whole model with the official seed, as the official code does, and `layers` / `seed` only steer
+    Noise Delta; under "ours" every control acts on `layers` with `seed`."""
+    from contextlib import nullcontext
+
+    _check_preset(preset)
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}; choose from {CONDITIONS}")
+    if condition == "vanilla":
+        return nullcontext([])
+    if condition == "noise_delta":
+        return noise_delta(lm, layers, seed=seed)
+    fn = noise_qkv if condition == "noise_qkv" else noise_ffn
+    if preset == "official":
+        return fn(lm, None, preset="official")
+    return fn(lm, layers, seed=seed, preset="ours")
+
+
+__all__ = ["noise_delta", "noise_qkv", "noise_ffn", "control", "official_qkv_parameters",
+           "official_ffn_parameters", "PRESETS", "CONDITIONS", "OFFICIAL_SEED"]
