@@ -13,16 +13,24 @@ two presets of one `MetricSpec`:
 / log S, "l2", numerical rank, the FFN measured against the layer input); `MetricSpec.paper_text()` is the paper's
 formulas as written (alpha = 1, mean over rows, nats, "mean", 99% spectral energy, the FFN against X + dX_attn).
 
-How the numbers are computed (same values as thin SVDs, to ~1e-10): with m = min(S, H), every state's m x m Gram
-matrix G = Z Z^T (Z = X, or X^T when S > H) gives sigma_i^2 and the singular vectors of the smaller side by a
-symmetric eigendecomposition, the other side's projection through the cross Gram K = Z' Z_ref^T
-(||Z' V_r||^2 = ||K U_r Sigma_r^-1||^2), and the cosines of the TME from the same G. This squares the condition
-number, so a matrix whose sigma_min / sigma_max is below 1e-5 (a rank-deficient state, e.g. repeated tokens at the
-embedding layer) is decomposed by an SVD instead; the float64 numerical-rank rule (threshold ~1e-12 sigma_max) needs
-exactly those tiny singular values, and gets them from that SVD. Residuals that nearly vanish (||resid||^2 below
-1e-6 ||X'||^2, where the subtraction ||X'||^2 - ||proj||^2 would cancel) are recomputed explicitly.
-Functions accept (..., S, H) on any device and return (...); `State` and `Stream` reuse each state's spectrum,
-basis and TME along the residual stream.
+Not reproduced from the official code: its 1e-12 regularisers (below 1e-8 here), its unnormalised dD for an
+all-zero X_in, and its arithmetic in the states' dtype: in float32, ||X'||^2 - ||P_C X'||^2 leaves r_col of 0 or up to
+~3e-4 (rounding decides) where the numerical rank is full and r_col is exactly 0; everything here is float64 unless asked.
+
+How the numbers are computed (the values of thin SVDs, to ~1e-11): with m = min(S, H), each state's m x m Gram
+G = Z Z^T (Z = X, or X^T when S > H) gives sigma_i^2 and the singular vectors U of the smaller side by a symmetric
+eigendecomposition, and the TME's cosines. The residuals are written through the update D = X' - X_ref and
+C = Z_D Z_ref^T: ||(I - P) X'||^2 = sum_{i>r} sigma_i^2 + 2 sum_{i>r} u_i^T C u_i + ||D||^2 - (D's kept part),
+the other side's kept part being sum_{i<=r} ||C u_i||^2 / sigma_i^2; so a small update on a large state (the usual
+case at full numerical rank) cancels nothing, and with r ~ 30 (energy rule) every product is thin, O(S H r).
+The Gram squares the condition number: a matrix with sigma_min / sigma_max below 1e-5 (rank-deficient states, e.g.
+repeated tokens at the embedding layer, or low-rank test inputs) is decomposed by an SVD instead. That matters
+for the float64 numerical-rank rule (threshold max(S, H) * 2.2e-16 * sigma_max), which counts exactly those tiny
+singular values; the official float32 rule (max(S, H) * 1.2e-7 * sigma_max, ~5e-4 sigma_max at 4096) is
+resolved by the Gram. A residual still below 1e-6 of its terms (an update almost inside the subspaces) is
+recomputed explicitly.
+Functions accept (..., S, H) on any device and return (...); `State` and `Stream` keep each state's spectrum,
+basis and TME so that nothing is computed twice along the residual stream.
 """
 from __future__ import annotations
 
@@ -216,7 +224,7 @@ def _gram_floor(dtype) -> float:
 
 
 def _explicit_floor(dtype) -> float:
-    """Below this share of ||X'||^2 a residual ||X'||^2 - ||proj||^2 cancels too much and is recomputed."""
+    """Below this share of the terms it is summed from, a residual has cancelled too much and is recomputed."""
     return 1e-6 * _eps(dtype) / FLOAT64_EPS
 
 
@@ -376,12 +384,22 @@ class State:
         return v.reshape(self.lead + v.shape[1:])
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """<a_i, b_i> of each matrix of two (B, m, n) batches, as one BLAS dot each (no temporary)."""
+    return (a.reshape(a.shape[0], 1, -1) @ b.reshape(b.shape[0], -1, 1)).reshape(-1)
+
+
+def _sq(a: torch.Tensor) -> torch.Tensor:
+    return _dot(a, a)
+
+
 def _residuals(ref: State, out: State, dr: State, r: torch.Tensor):
     """||(I - P_C) X'||^2 and ||X' (I - P_R)||^2 (a: the smaller side of Z, b: the other) and ||X'||^2, for
     X' = X_ref + D (dr holds D = X' - X_ref).
 
     With U, sigma the eigen-basis of X_ref's Gram and C = Z_D Z_ref^T, both residuals are
-    sum_{i>r} sigma_i^2 + 2 sum_{i>r} u_i^T C u_i + ||D||^2 - (the kept part of D): ||U_r^T Z_D||^2 on side a,
+    sum_{i>r} sigma_i^2 + 2 sum_{i>r} u_i^T C u_i + ||D||^2 - (the kept part of D): ||U_r^T Z_D||^2 on side a
+    (or, with few directions dropped, the dropped part ||U_tail^T Z_D||^2 added instead of ||D||^2 - kept),
     sum_{i<=r} ||C u_i||^2 / sigma_i^2 on side b. Written through D rather than X', nothing cancels when a small
     update lands on a large state (the usual case at full rank, where only D's part outside the row space
     remains)."""
@@ -399,15 +417,16 @@ def _residuals(ref: State, out: State, dr: State, r: torch.Tensor):
         rmax = int(rr.max())
         lam = ref.s[fi].pow(2)
         zd, zr = dr.z[fi], ref.z[fi]
-        nd2 = zd.pow(2).sum((-1, -2))
+        nd2 = _sq(zd)
         need_a = not bool(full_a[fi].all())
         keep = torch.arange(m, device=r.device) < rr[:, None]
         inv = torch.where(keep & (lam > 0), 1.0 / lam.clamp_min(torch.finfo(dt).tiny), torch.zeros_like(lam))
         if 2 * rmax < m:  # few kept directions: thin products through Z_ref^T U_r, O(m n r)
             u = ref.u[fi, :, :rmax]
-            cu = zd @ (zr.transpose(-1, -2) @ u)  # C U_r
+            cu = zd @ (u.transpose(-1, -2) @ zr).transpose(-1, -2)  # C U_r (Z_ref^T U_r as (U_r^T Z_ref)^T: the
+            # transposed-big-operand product with a thin right side takes a slow path, 20x here)
             head = ((cu * u).sum(-2) * keep[:, :rmax]).sum(-1)
-            tail_c = (zd * zr).sum((-1, -2)) - head  # tr C - sum_{i<=r} u_i^T C u_i
+            tail_c = _dot(zd, zr) - head  # tr C - sum_{i<=r} u_i^T C u_i
             proj_b = (cu.pow(2).sum(-2) * inv[:, :rmax]).sum(-1)
             if need_a:
                 ud = u.transpose(-1, -2) @ zd if dr._gram is None else None
@@ -419,12 +438,16 @@ def _residuals(ref: State, out: State, dr: State, r: torch.Tensor):
             tail_c = ((cu * u).sum(-2) * ~keep).sum(-1)
             proj_b = (cu.pow(2).sum(-2) * inv).sum(-1)
             if need_a:
-                proj_a = (((dr.gram()[fi] @ u) * u).sum(-2) * keep).sum(-1)
+                # U is a complete basis of the smaller side: I - P_C = U_tail U_tail^T, and the few dropped
+                # directions give side a without any subtraction
+                rmin = int(rr.min())
+                ut_zd = u[:, :, rmin:].transpose(-1, -2) @ zd
+                tail_d = (ut_zd.pow(2).sum(-1) * ~keep[:, rmin:]).sum(-1)
         tail_s = (lam * ~keep).sum(-1)
         common = tail_s + 2 * tail_c + nd2
         rb2[fi] = (common - proj_b).clamp_min(0)
         if need_a:
-            ra2[fi] = (common - proj_a).clamp_min(0)
+            ra2[fi] = (common - proj_a if 2 * rmax < m else tail_s + 2 * tail_c + tail_d).clamp_min(0)
         scale[fi] = tail_s + 2 * tail_c.abs() + nd2
     floor = _explicit_floor(dt) * scale
     redo_a = (r > 0) & ~full_a & (exact | (ra2 < floor))
@@ -440,7 +463,7 @@ def _residuals(ref: State, out: State, dr: State, r: torch.Tensor):
                 if bool(exact[i]):
                     v = ref.v(i)[:, :ri]
                 else:
-                    v = ref.z[i].transpose(-1, -2) @ u / ref.s[i, :ri]
+                    v = (u.transpose(-1, -2) @ ref.z[i]).transpose(-1, -2) / ref.s[i, :ri]
                 rb2[i] = (zy - (zy @ v) @ v.transpose(-1, -2)).pow(2).sum()
     ra2 = torch.where(full_a, torch.zeros_like(ra2), ra2)
     rb2 = torch.where(full_b, torch.zeros_like(rb2), rb2)
