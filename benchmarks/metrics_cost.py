@@ -254,7 +254,8 @@ def main() -> int:
         for label, dt in (("float64", torch.float64), ("float32", torch.float32)):
             gpu[label] = stream_cost("cuda", a.gpu_batch, a.layers, max(3, a.repeats // 2), dtype=dt)
             for name in ("official", "paper_text"):
-                est[name][f"gpu_hours_{label}"] = workload_hours(gpu[label][name]["per_sample_layer_s"]["vanilla"]["wall"])
+                per = gpu[label][name]["per_sample_layer_s"]["vanilla"]["wall"]
+                est[name][f"gpu_hours_{label}"] = workload_hours(per)
         gpu["agreement_with_cpu_float64"] = device_agreement(a.gpu_batch, "cuda")
         report["analysis_cuda"] = gpu
     report["table1_estimate"] = est
@@ -266,19 +267,19 @@ def main() -> int:
 
     print("update_metrics at 640x4096 vs plain float64 thin SVD (numpy), same process, one thread:")
     for k, r in report["update_metrics_640x4096"].items():
-        t = r["timing_s"]
-        print(f"  {k:26s} plain cpu {t['plain']['cpu']['median']:.3f}s (min {t['plain']['cpu']['min']:.3f}, "
-              f"spread {t['plain']['cpu']['spread']:.0%})  update_metrics cpu {t['update_metrics']['cpu']['median']:.3f}s "
-              f"(min {t['update_metrics']['cpu']['min']:.3f}, spread {t['update_metrics']['cpu']['spread']:.0%}); "
-              f"ratio cpu {r['cpu_ratio_median']:.3f} (min/min {r['cpu_ratio_min']:.3f}), wall {r['wall_ratio_median']:.3f}; "
-              f"max |diff| {r['max_abs_diff_all']:.1e}")
+        p, u = r["timing_s"]["plain"]["cpu"], r["timing_s"]["update_metrics"]["cpu"]
+        print(f"  {k:26s} plain cpu {p['median']:.3f}s (min {p['min']:.3f}, spread {p['spread']:.0%})  "
+              f"update_metrics cpu {u['median']:.3f}s (min {u['min']:.3f}, spread {u['spread']:.0%}); "
+              f"ratio cpu {r['cpu_ratio_median']:.3f} (min/min {r['cpu_ratio_min']:.3f}), "
+              f"wall {r['wall_ratio_median']:.3f}; max |diff| {r['max_abs_diff_all']:.1e}")
     for name in ("official", "paper_text"):
         s = report["analysis_cpu"][name]["per_sample_layer_s"]
         print(f"analysis per sample x layer ({name}, CPU): vanilla {s['vanilla']['cpu']:.3f}s, without reuse "
               f"{s['vanilla_no_reuse']['cpu']:.3f}s, one module {s['one_module']['cpu']:.3f}s; plain "
               f"{report['plain_cpu'][name]['per_sample_layer_s']['cpu']:.3f}s")
         e = est[name]
-        line = (f"Table-1 workload ({name}): {e['cpu_core_hours']:.0f} core-hours (plain {e['plain_cpu_core_hours']:.0f})")
+        line = (f"Table-1 workload ({name}): {e['cpu_core_hours']:.0f} core-hours "
+                f"(plain {e['plain_cpu_core_hours']:.0f})")
         for label in ("float64", "float32"):
             if f"gpu_hours_{label}" in e:
                 line += f"; GPU {label} {e[f'gpu_hours_{label}']:.1f} GPU-hours"

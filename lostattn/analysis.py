@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .capture import SCOPES, LayerCapture, ResidualCapture, no_rope, token_masks
 from .controls import CONDITIONS, PRESETS, control
-from .metrics import MetricSpec, State, Stream, _rid, as_spec
+from .metrics import State, Stream, as_spec, state_rid
 from .prompts import prepare_inputs
 
 CONDITION_MODULES = {"vanilla": ("attention", "ffn"), "noise_delta": ("attention",), "noise_qkv": ("attention",),
@@ -85,6 +85,8 @@ class _LayerMetrics:
             m = self.masks[scope]
             res = self.streams[scope, tuple(idx)].layer(_gather(rec.x, m, idx), _gather(x_mid, m, idx),
                                                        _gather(rec.x_out, m, idx), self.modules, keep_output=keep)
+            res = {mod: {k: v.cpu().tolist() for k, v in r.items()} for mod, r in res.items()}  # one copy, not one
+            # device sync per value
             for j, b in enumerate(idx):
                 for module in self.modules:
                     found[b, scope, module] = (n, {k: float(v[j]) for k, v in res[module].items()})
@@ -160,7 +162,7 @@ def rope_baseline(lm, samples, layers: list[int] | None = None, scopes=("all",),
                 m = masks[scope]
                 ref = State(_gather(base[rec.layer], m, idx), dtype, basis=True)
                 out = State(_gather(rec.x_out, m, idx), dtype)
-                r = _rid(ref, out, State(out.x - ref.x, dtype), spec)
+                r = {k: v.cpu().tolist() for k, v in state_rid(ref, out, spec).items()}
                 for j, b in enumerate(idx):
                     found[b, scope] = (n, {k: float(r[k][j]) for k in ("dS", "dD", "rid")})
             for b, s in enumerate(batch):

@@ -14,8 +14,9 @@ two presets of one `MetricSpec`:
 formulas as written (alpha = 1, mean over rows, nats, "mean", 99% spectral energy, the FFN against X + dX_attn).
 
 Not reproduced from the official code: its 1e-12 regularisers (below 1e-8 here), its unnormalised dD for an
-all-zero X_in, and its arithmetic in the states' dtype: in float32, ||X'||^2 - ||P_C X'||^2 leaves r_col of 0 or up to
-~3e-4 (rounding decides) where the numerical rank is full and r_col is exactly 0; everything here is float64 unless asked.
+all-zero X_in, and its arithmetic in the states' dtype: in float32, ||X'||^2 - ||P_C X'||^2 leaves an r_col of 0
+or up to ~3e-4 (rounding decides) where the numerical rank is full and r_col is exactly 0. Everything here is
+float64 unless asked.
 
 How the numbers are computed (the values of thin SVDs, to ~1e-11): with m = min(S, H), each state's m x m Gram
 G = Z Z^T (Z = X, or X^T when S > H) gives sigma_i^2 and the singular vectors U of the smaller side by a symmetric
@@ -495,11 +496,19 @@ def _rid(ref: State, out: State, dr: State, spec: MetricSpec) -> dict[str, torch
     return {"erank_in": er_in, "erank_out": er_out, "dS": dS, "dD": dD, "rid": dS + dD, "rank": r}
 
 
+def state_rid(ref: State, out: State, spec=None) -> dict[str, torch.Tensor]:
+    """RID of the state out against the state ref (equal shapes): dS, dD, rid, rank, erank_in, erank_out, each
+    (...)."""
+    spec = as_spec(spec)
+    m = _rid(ref, out, State(out.x - ref.x, ref.dtype), spec)
+    return {k: ref.unflatten(v) for k, v in m.items()}
+
+
 def measure(ref: State, x: State, x_new: State, delta: State, spec: MetricSpec,
             delta_ref: State | None = None) -> dict[str, torch.Tensor]:
     """Every metric of the update delta = x_new - x, its RID against the state ref (x itself, or the layer input
-    for the official FFN; then delta_ref = x_new - ref). Keys (each (...)): erank_in = eRank(X_ref), erank_out = eRank(X'), dS,
-    dD, rid, rank (r of X_ref), tme_in = TME(X), tme_out = TME(X'), tme_delta = TME(dX),
+    for the official FFN; then delta_ref = x_new - ref). Keys (each (...)): erank_in = eRank(X_ref),
+    erank_out = eRank(X'), dS, dD, rid, rank (r of X_ref), tme_in = TME(X), tme_out = TME(X'), tme_delta = TME(dX),
     mixig_state = TME(X') - TME(X), mixig_delta = TME(dX) - TME(X), mixig (the one `spec.mixig_on` names)."""
     out = _rid(ref, x_new, delta if delta_ref is None else delta_ref, spec)
     t_in, t_out, t_d = x.spec_tme(spec), x_new.spec_tme(spec), delta.spec_tme(spec)
@@ -536,10 +545,7 @@ def rid(x: torch.Tensor, x_new: torch.Tensor, spec=None, dtype: torch.dtype = to
     if x.shape != x_new.shape:
         raise ValueError(f"rid needs equal shapes, got {tuple(x.shape)} and {tuple(x_new.shape)}")
     spec = as_spec(spec)
-    ref = State(x, dtype, basis=True)
-    out = State(x_new, dtype)
-    m = _rid(ref, out, State(out.x - ref.x, dtype), spec)
-    m = {k: ref.unflatten(v) for k, v in m.items()}
+    m = state_rid(State(x, dtype, basis=True), State(x_new, dtype), spec)
     return RID(dS=m["dS"], dD=m["dD"], rank=m["rank"], erank_in=m["erank_in"], erank_out=m["erank_out"])
 
 
@@ -621,5 +627,5 @@ class Stream:
         return res
 
 
-__all__ = ["RankRule", "MetricSpec", "as_spec", "State", "Stream", "measure", "erank", "rid", "RID", "tme",
+__all__ = ["RankRule", "MetricSpec", "as_spec", "State", "Stream", "measure", "state_rid", "erank", "rid", "RID", "tme",
            "mixig", "update_metrics", "erank_from_singular_values", "sym_gram", "MODULES", "FLOAT32_EPS"]

@@ -268,7 +268,8 @@ def test_noise_ffn_official_and_ours(toy):
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     with noise_ffn(toy) as names:
         changed = _changed(m, before)
-        expected = {f"decoder.{i}.mlp.{a}_proj.weight" for i in range(3) for a in ("gate", "up", "down")} |             {f"vision.{i}.mlp.{a}.weight" for i in range(2) for a in ("fc1", "fc2")}
+        expected = {f"decoder.{i}.mlp.{a}_proj.weight" for i in range(3) for a in ("gate", "up", "down")} | \
+            {f"vision.{i}.mlp.{a}.weight" for i in range(2) for a in ("fc1", "fc2")}
         assert changed == expected == set(names)
         w, w0 = m.decoder[1].mlp.up_proj.weight, before["decoder.1.mlp.up_proj.weight"]
         assert w.mean().item() == pytest.approx(w0.mean().item(), abs=4 * w0.std().item() / w0.numel() ** 0.5)

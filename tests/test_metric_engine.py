@@ -14,8 +14,9 @@ SPECS = (MetricSpec.official(), MetricSpec.paper_text())
 def _residual_like(B, S, H, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, S, H, generator=g, dtype=torch.float64)
-    x += (torch.randn(B, S, 3, generator=g, dtype=torch.float64) * torch.tensor([20.0, 8.0, 3.0], dtype=torch.float64)) \
-        @ torch.randn(B, 3, H, generator=g, dtype=torch.float64)
+    scale = torch.tensor([20.0, 8.0, 3.0], dtype=torch.float64)
+    x += (torch.randn(B, S, 3, generator=g, dtype=torch.float64) * scale) @ torch.randn(B, 3, H, generator=g,
+                                                                                      dtype=torch.float64)
     x[:, 0] *= 25
     return x
 

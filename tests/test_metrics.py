@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lostattn.metrics import (FLOAT32_EPS, MetricSpec, RankRule, State, Stream, as_spec, erank, mixig, rid, tme,
+from lostattn.metrics import (FLOAT32_EPS, MetricSpec, RankRule, Stream, as_spec, erank, mixig, rid, tme,
                               update_metrics)
 
 TEXT = MetricSpec.paper_text()
@@ -243,7 +243,8 @@ def test_normalised_tme_of_identical_tokens_is_one_and_mixig_bounded():
 
 def test_mixig_on_states_or_updates():
     g = torch.Generator().manual_seed(1)
-    x, d = torch.randn(2, 10, 16, generator=g, dtype=torch.float64), torch.randn(2, 10, 16, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 10, 16, generator=g, dtype=torch.float64)
+    d = torch.randn(2, 10, 16, generator=g, dtype=torch.float64)
     on_states, on_updates = OFFICIAL, replace(OFFICIAL, mixig_on="updates")
     a, b = update_metrics(x, d, on_states), update_metrics(x, d, on_updates)
     torch.testing.assert_close(a["mixig"], tme(x + d, on_states) - tme(x, on_states))
