@@ -1,10 +1,9 @@
-"""The benchmark harness (resume, refusal to mix runs, scoring) and the reproduce pipeline's cache."""
+"""The benchmark harness: resume, refusal to mix runs, scoring (the reproduce pipeline: tests/test_reproduce.py)."""
 import json
 
 import pandas as pd
 import pytest
 
-from lostattn import reproduce as rp
 from lostattn.cli import main as cli
 from lostattn.evaluate import RunSpec, evaluate, summarize
 from lostattn.sap import SAPConfig
@@ -101,43 +100,3 @@ def test_cli_eval_and_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli(["eval", "--benchmark", "pope"]) == 2
     assert "needs its local file" in capsys.readouterr().err
-
-
-def test_reproduce_skips_unchanged_notebooks(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path)
-    ran = []
-
-    def fake_run(name, profile, params, out_nb):
-        ran.append(name)
-        out_nb.parent.mkdir(parents=True, exist_ok=True)
-        out_nb.write_text("{}")
-
-    monkeypatch.setattr(rp, "run_notebook", fake_run)
-    assert rp.reproduce("tiny", only="11_layer_curves", build_book=False) == 0
-    assert rp.reproduce("tiny", only="11_layer_curves", build_book=False) == 0
-    assert ran == ["11_layer_curves"]
-    assert "nothing changed: no notebook was run" in capsys.readouterr().out
-    assert rp.reproduce("tiny", only="11_layer_curves", force=True, build_book=False) == 0
-    assert ran == ["11_layer_curves"] * 2
-
-
-def test_cache_key_follows_parameters_and_a_failure_keeps_earlier_work(tmp_path, monkeypatch, capsys):
-    prof = rp.load_profile("tiny")
-    p = rp.notebook_parameters("tiny", "10_table1_rid_mixig", prof)
-    assert rp.cache_key("10_table1_rid_mixig", p) != rp.cache_key("10_table1_rid_mixig", {**p, "seed": 1})
-    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path)
-
-    def fake_run(name, profile, params, out_nb):
-        if name == "11_layer_curves":
-            raise RuntimeError("cell 3: ZeroDivisionError")
-        out_nb.parent.mkdir(parents=True, exist_ok=True)
-        out_nb.write_text("{}")
-
-    monkeypatch.setattr(rp, "run_notebook", fake_run)
-    assert rp.reproduce("tiny", build_book=False) == 1
-    err = capsys.readouterr().err
-    assert "11_layer_curves: FAILED" in err and "ZeroDivisionError" in err
-    assert (tmp_path / "tiny" / "notebooks" / "10_table1_rid_mixig.cachekey").is_file()
-    assert not (tmp_path / "tiny" / "notebooks" / "12_token_scope.ipynb").exists()
-    with pytest.raises(FileNotFoundError, match="known profiles"):
-        rp.load_profile("huge")

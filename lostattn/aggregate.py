@@ -1,0 +1,276 @@
+"""The paper's tables over a profile's whole matrix: Table 1 per model and its mean over models, Table 2 as model ×
+benchmark × condition, each beside the paper's values where the paper reports them.
+
+The inputs are the cells' outputs, found through the profile's plan (`lostattn.reproduce.plan`): notebook 10's
+table1.csv (module, RID, dS, dD, MixIG, ..., n) and notebook 20's table2_scores.csv (family, n, accuracy, f1,
+yes_ratio, condition), each with its .meta.json sidecar. A cell without outputs, or whose last run failed or was
+interrupted, stays missing (NaN, shown as —); nothing is filled in.
+
+- Table 1: a model's row pools its benchmarks (the n-weighted mean of each cell's module means, as if one cell had
+  measured them all); the mean over models weighs every model alike, as the paper's average over 15 LVLMs.
+- Table 2: a benchmark's score is the n-weighted accuracy over its families. The synthetic benchmark is shown whole
+  and family by family, each family under the paper benchmark it stands for (the registry's `analogues`).
+- The paper's values (data/paper/table1.csv, table2.csv) join on the module, and on the model's name in the profile
+  and the benchmark's paper name (`lostattn.tasks.registry.display_name`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .provenance import REPO_ROOT, provenance
+from .reproduce import Cell, load_profile, plan, read_marker
+
+TABLE1 = ("10_table1_rid_mixig", "table1.csv")  # (notebook, file) each cell writes
+TABLE2 = ("20_table2_sap", "table2_scores.csv")
+BASE_CONDITIONS = ("vanilla", "blind")
+MEAN = "mean over models"
+STATES = ("done", "not run", "running or interrupted", "failed", "other run")
+
+
+@dataclass
+class Matrix:
+    """A profile's cells and what they wrote: the inputs of every table below."""
+
+    profile: str
+    models: list[str]  # the profile's names, in its order
+    benchmarks: list[str]  # registry names, in the profile's order
+    conditions: list[str]  # Table 2's: vanilla, blind, then the profile's SAP modes
+    coverage: pd.DataFrame  # cell, model, benchmark, notebook, state
+    table1_cells: pd.DataFrame  # model, benchmark, module, metrics..., n
+    table2_cells: pd.DataFrame  # model, benchmark, family, condition, n, accuracy, ...
+
+
+def output_folder(out_dir: str | Path) -> Path:
+    """Where the aggregated tables are written: `out_dir` (relative to the repository), or under LOSTATTN_OUT_ROOT
+    when the test suite sets it, as `lostattn.notebook.start` does."""
+    out = Path(out_dir)
+    if os.environ.get("LOSTATTN_OUT_ROOT"):
+        out = Path(os.environ["LOSTATTN_OUT_ROOT"]) / out.name
+    elif not out.is_absolute():
+        out = REPO_ROOT / out
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _same_model(meta_model, cell_model_path) -> bool:
+    if meta_model is None or cell_model_path is None:
+        return True
+    a, b = str(meta_model), str(cell_model_path)
+    return a == b or Path(a).name == Path(b).name
+
+
+def _meta(table: Path) -> dict:
+    """The provenance sidecar of a table file ({} when it has none or it is unreadable)."""
+    try:
+        meta = json.loads(table.with_suffix(".meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def cell_state(cell: Cell, file: str) -> str:
+    """Whether a cell's `file` can be used: 'done' (written by a finished run), 'not run', 'running or
+    interrupted', 'failed', or 'other run' (its sidecar names another model or benchmark)."""
+    path = cell.out_dir / file
+    marker = read_marker(cell.out_dir) if cell.out_dir.is_dir() else None
+    if marker is not None and marker.get("state") in ("failed",):
+        return "failed"
+    if marker is not None and marker.get("state") in ("running", "interrupted"):
+        return "running or interrupted"
+    if not path.is_file():
+        return "not run"
+    meta = _meta(path)
+    if meta:
+        if (cell.benchmark and meta.get("benchmark") not in (None, cell.benchmark)) or \
+                not _same_model(meta.get("model"), cell.params.get("model")):
+            return "other run"
+    return "done"
+
+
+def collect(profile: str = "tiny", config: str | Path | None = None, results: str | Path | None = None) -> Matrix:
+    """Read every cell's table files for the profile `profile` (its file `config`, results under `results`)."""
+    # Relative paths are the repository's, wherever the kernel runs (the test suite runs it in notebooks/).
+    config = REPO_ROOT / config if config and not Path(config).is_absolute() else config
+    results = REPO_ROOT / results if results and not Path(results).is_absolute() else results
+    prof = load_profile(profile, config)
+    cells = plan(prof, results)
+    models = [m["name"] for m in prof.models]
+    benches = [b["name"] for b in prof.benchmarks]
+    conditions = list(BASE_CONDITIONS)
+    cov, t1, t2 = [], [], []
+    for c in cells:
+        for (nb, file), sink in ((TABLE1, t1), (TABLE2, t2)):
+            if c.notebook != nb:
+                continue
+            state = cell_state(c, file)
+            cov.append({"cell": c.number, "model": c.model, "benchmark": c.benchmark, "notebook": nb,
+                        "state": state})
+            if nb == TABLE2[0]:
+                for m in c.params.get("modes") or []:
+                    if m not in conditions:
+                        conditions.append(m)
+            if state == "done":
+                df = pd.read_csv(c.out_dir / file)
+                if "protocol" in df.columns and df["protocol"].nunique() > 1:
+                    # a cell may also score a few conditions under a second protocol: the table is its main one's
+                    main = _meta(c.out_dir / file).get("protocol") or df["protocol"].iloc[0]
+                    df = df[df["protocol"] == main]
+                df.insert(0, "benchmark", c.benchmark)
+                df.insert(0, "model", c.model)
+                sink.append(df)
+    t2df = pd.concat(t2, ignore_index=True) if t2 else pd.DataFrame(
+        columns=["model", "benchmark", "family", "n", "accuracy", "condition"])
+    for cond in t2df["condition"].dropna().unique():
+        if cond not in conditions:
+            conditions.append(cond)
+    return Matrix(prof.name, models, benches, conditions,
+                  pd.DataFrame(cov, columns=["cell", "model", "benchmark", "notebook", "state"]),
+                  pd.concat(t1, ignore_index=True) if t1 else pd.DataFrame(columns=["model", "benchmark", "module"]),
+                  t2df)
+
+
+# ---- Table 1 -----------------------------------------------------------------------------------------------------
+def table1_metrics(m: Matrix) -> list[str]:
+    """The metric columns of Table 1 (RID, dS, dD, MixIG, ... as the cells wrote them; spreads and counts left
+    out)."""
+    skip = {"model", "benchmark", "module", "n"}
+    return [c for c in m.table1_cells.columns if c not in skip and not c.endswith("_sd")
+            and pd.api.types.is_numeric_dtype(m.table1_cells[c])]
+
+
+def _modules(m: Matrix) -> list[str]:
+    return list(dict.fromkeys(m.table1_cells["module"])) if len(m.table1_cells) else []
+
+
+def table1_per_model(m: Matrix) -> pd.DataFrame:
+    """One row per model and module: each metric pooled over the model's benchmarks (n-weighted), and how many
+    benchmark cells it pools; NaN for a model without a finished cell."""
+    metrics = table1_metrics(m)
+    rows = []
+    for model in m.models:
+        g = m.table1_cells[m.table1_cells["model"] == model]
+        for module in _modules(m):
+            h = g[g["module"] == module]
+            row = {"model": model, "module": module, "benchmarks": int(h["benchmark"].nunique())}
+            w = h["n"].astype(float) if "n" in h and h["n"].notna().all() else pd.Series(1.0, index=h.index)
+            for c in metrics:
+                ok = h[c].notna()
+                row[c] = float(np.average(h.loc[ok, c], weights=w[ok])) if ok.any() and w[ok].sum() > 0 else np.nan
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["model", "module", *metrics, "benchmarks"])
+
+
+def table1_mean(m: Matrix) -> pd.DataFrame:
+    """Table 1 as the paper prints it: per module the mean over models (each model alike, those with a value),
+    how many models it averages, and the paper's values beside."""
+    from .report import paper_table
+
+    per = table1_per_model(m)
+    metrics = table1_metrics(m)
+    rows = []
+    for module in _modules(m):
+        g = per[per["module"] == module]
+        row = {"module": module, "models": int(g[metrics[0]].notna().sum()) if metrics else 0}
+        for c in metrics:
+            row[c] = g[c].mean() if g[c].notna().any() else np.nan
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=["module", *metrics, "models"])
+    paper = paper_table("table1")
+    for c in [c for c in paper.columns if c != "module"]:
+        out[f"{c} paper"] = out["module"].map(paper.set_index("module")[c])
+    order = ["module"]
+    for c in metrics:
+        order += [c] + ([f"{c} paper"] if f"{c} paper" in out else [])
+    return out[order + ["models"]]
+
+
+def table1_layout(m: Matrix, metric: str = "RID") -> pd.DataFrame:
+    """`metric` with a row per model and a last row, the mean over models; a column per module."""
+    per = table1_per_model(m)
+    wide = per.pivot(index="model", columns="module", values=metric).reindex(index=m.models, columns=_modules(m))
+    wide.loc[MEAN] = wide.mean(axis=0, skipna=True)
+    wide.index.name = "model"
+    wide.columns.name = None
+    return wide.reset_index()
+
+
+# ---- Table 2 -----------------------------------------------------------------------------------------------------
+def _weighted(g: pd.DataFrame) -> tuple[float, int]:
+    g = g[g["accuracy"].notna()]
+    n = g["n"].astype(float)
+    return (float((g["accuracy"] * n).sum() / n.sum()), int(n.sum())) if len(g) and n.sum() > 0 else (np.nan, 0)
+
+
+def table2_scores(m: Matrix) -> pd.DataFrame:
+    """Model × benchmark × condition: the n-weighted accuracy (%) over the benchmark's families and its n, the
+    paper's value beside where it reports one; the synthetic benchmark also family by family, under the paper
+    benchmark each family stands for. Every combination of the plan is a row; missing scores are NaN."""
+    from .report import paper_table
+    from .tasks.registry import get_benchmark
+
+    paper = paper_table("table2").set_index(["model", "benchmark", "condition"])["value"]
+    paper = paper[~paper.index.duplicated()]
+    df = m.table2_cells
+    rows = []
+    for model in m.models:
+        for bench in m.benchmarks:
+            b = get_benchmark(bench)
+            groups = [(b.display_name, None, None)]  # (label, families, paper benchmark)
+            groups += [(f"{b.display_name}: {fam} ≈ {analog}", [fam], analog) for fam, analog in b.analogues.items()]
+            if not b.analogues:
+                groups[0] = (b.display_name, None, b.display_name)
+            for cond in m.conditions:
+                g = df[(df["model"] == model) & (df["benchmark"] == bench) & (df["condition"] == cond)]
+                for label, fams, analog in groups:
+                    acc, n = _weighted(g if fams is None else g[g["family"].isin(fams)])
+                    rows.append({"model": model, "benchmark": label, "condition": cond, "n": n, "accuracy": acc,
+                                 "paper benchmark": analog,
+                                 "paper": paper.get((model, analog, cond), np.nan) if analog else np.nan})
+    return pd.DataFrame(rows, columns=["model", "benchmark", "condition", "n", "accuracy", "paper benchmark",
+                                       "paper"])
+
+
+def table2_layout(m: Matrix) -> pd.DataFrame:
+    """Table 2 for the page: a row per model and benchmark, a column per condition, each followed by the paper's
+    value for it wherever the paper reports one for a shown row."""
+    s = table2_scores(m)
+    out = s[["model", "benchmark"]].drop_duplicates().reset_index(drop=True)
+    for cond in m.conditions:
+        g = s[s["condition"] == cond].set_index(["model", "benchmark"])
+        out[cond] = [g["accuracy"].get((r.model, r.benchmark), np.nan) for r in out.itertuples()]
+        if g["paper"].notna().any():
+            out[f"{cond} (paper)"] = [g["paper"].get((r.model, r.benchmark), np.nan) for r in out.itertuples()]
+    return out
+
+
+# ---- coverage, saving ----------------------------------------------------------------------------------------------
+def coverage_counts(m: Matrix) -> pd.DataFrame:
+    """How many cells of each table are in each state."""
+    cov = m.coverage
+    rows = []
+    for nb in dict.fromkeys(cov["notebook"]):
+        g = cov[cov["notebook"] == nb]
+        rows.append({"notebook": nb, **{s: int((g["state"] == s).sum()) for s in STATES}, "cells": len(g)})
+    return pd.DataFrame(rows, columns=["notebook", *STATES, "cells"])
+
+
+def save_tables(m: Matrix, out_dir: str | Path) -> dict[str, Path]:
+    """Write the aggregated tables as CSVs under `out_dir`, each with a .meta.json provenance sidecar."""
+    out = output_folder(out_dir)
+    tables = {"table1_per_model": table1_per_model(m), "table1": table1_mean(m), "table2": table2_scores(m),
+              "coverage": m.coverage}
+    meta = provenance(profile=m.profile, models=m.models, benchmarks=m.benchmarks,
+                      cells_done=int((m.coverage["state"] == "done").sum()), cells=len(m.coverage))
+    paths = {}
+    for name, df in tables.items():
+        p = out / f"{name}.csv"
+        df.to_csv(p, index=False)
+        p.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        paths[name] = p
+    return paths
