@@ -274,3 +274,26 @@ def save_tables(m: Matrix, out_dir: str | Path) -> dict[str, Path]:
         p.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         paths[name] = p
     return paths
+
+
+def print_tables(profile: str = "tiny", config: str | Path | None = None, results: str | Path | None = None,
+                 out_dir: str | Path | None = None) -> int:
+    """The aggregated tables in a terminal (what notebooks/30_paper_tables shows), written as CSVs to `out_dir`
+    when given; returns 0."""
+    from .display import table
+
+    m = collect(profile, config, results)
+    done = int((m.coverage["state"] == "done").sum())
+    print(f"profile {m.profile}: {len(m.models)} models × {len(m.benchmarks)} benchmarks; {done} of "
+          f"{len(m.coverage)} cells behind these tables have finished outputs\n")
+    missing = m.coverage[m.coverage["state"] != "done"]
+    if len(missing):
+        print(repr(table(missing, caption="Cells left out of the tables (shown as —)")), "\n")
+    print(repr(table(table1_mean(m), caption="Table 1: the mean over models, beside the paper's")), "\n")
+    for metric in [c for c in ("RID", "MixIG") if c in table1_metrics(m)]:
+        print(repr(table(table1_layout(m, metric), caption=f"{metric} per model and module")), "\n")
+    print(repr(table(table2_layout(m), digits=1, caption="Table 2: accuracy (%) by model, benchmark and condition")))
+    if out_dir is not None:
+        paths = save_tables(m, out_dir)
+        print(f"\ntables written to {Path(next(iter(paths.values()))).parent}")
+    return 0
