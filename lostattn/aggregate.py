@@ -282,6 +282,8 @@ def print_tables(profile: str = "tiny", config: str | Path | None = None, result
     when given; returns 0."""
     from .display import table
 
+    # From a command line, relative paths are the caller's (the notebook takes the repository's).
+    config, results, out_dir = (Path(p).resolve() if p is not None else None for p in (config, results, out_dir))
     m = collect(profile, config, results)
     done = int((m.coverage["state"] == "done").sum())
     print(f"profile {m.profile}: {len(m.models)} models × {len(m.benchmarks)} benchmarks; {done} of "

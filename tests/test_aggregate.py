@@ -2,6 +2,7 @@
 condition, the paper's values beside ours; missing cells stay missing."""
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -154,3 +155,13 @@ def test_the_pages_example_matrix_is_complete():
     m = ag.collect("example", fixture / "profile.yaml", fixture / "outputs")
     assert set(m.coverage["state"]) == {"done"} and len(m.coverage) == 12
     assert list(ag.table1_layout(m, "RID")["model"]) == ["embedded", "tiny-llava", "tiny-qwen2_5_vl", ag.MEAN]
+
+
+def test_the_tables_in_a_terminal(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("LOSTATTN_OUT_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    fixture = REPO_ROOT / "tests" / "fixtures" / "paper_tables"
+    assert ag.print_tables("example", fixture / "profile.yaml", fixture / "outputs", out_dir="tables") == 0
+    out = capsys.readouterr().out
+    assert "12 of 12 cells" in out and re.search(r"^mean over models +\d", out, re.M) and "Table 2" in out
+    assert (tmp_path / "tables" / "table1.csv").is_file(), "a relative --out is the caller's"
