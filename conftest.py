@@ -7,3 +7,25 @@ os.environ["LOSTATTN_OUT_ROOT"] = tempfile.mkdtemp(prefix="lostattn-nbval-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+_last_file = {"name": None}
+
+
+def pytest_runtest_logstart(nodeid, location):
+    """Even under `-q`, start a line naming each test file as it begins, so a long run shows where it is (the
+    notebooks under nbval and the end-to-end tests take minutes)."""
+    name = location[0]
+    if name == _last_file["name"]:
+        return
+    first = _last_file["name"] is None
+    _last_file["name"] = name
+    tr = _config["config"].pluginmanager.get_plugin("terminalreporter") if _config["config"] else None
+    if tr is not None and tr.verbosity < 1:
+        tr.write(("" if first else "\n") + f"{name} ")
+
+
+_config = {"config": None}
+
+
+def pytest_configure(config):
+    _config["config"] = config

@@ -118,20 +118,21 @@ def residual_metrics(lm, samples, layers: list[int] | None = None, scopes=("all"
 
     spec: a MetricSpec, "official" / "paper_text", None (official) or a RankRule (the paper-text spec with that
     rule, as callers passed it before). controls: "official" or "ours" (None: "official" for specs based on the
-    official preset, else "ours"). Noise Delta and the "ours" controls are seeded per batch from `seed`."""
+    official preset, else "ours"). Noise Delta is drawn per sample from (seed, sample id, layer) and the "ours"
+    weight noise from `seed`, so no row depends on the batch its sample was in."""
     spec, controls = _spec_and_controls(spec, controls)
     _check(scopes, conditions)
     rows: list[dict] = []
     bar = tqdm(total=len(samples) * len(conditions), desc="residual metrics", disable=not progress)
-    for bi, batch in enumerate(_batches(samples, batch_size)):
+    for batch in _batches(samples, batch_size):
         inputs = prepare_inputs(lm, batch)
         masks = token_masks(lm, inputs)
         ids = [s.id for s in batch]
         for condition in conditions:
-            ctrl_seed = seed * 1_000_003 + bi
             sink = _LayerMetrics(spec, masks, ids, scopes, condition, controls, layers, lm.adapter.num_layers,
                                  dtype, reuse)
-            with torch.no_grad(), control(condition, lm, layers, ctrl_seed, controls), \
+            # the draws depend on the seed and each sample's id only, never on the batch a sample is in
+            with torch.no_grad(), control(condition, lm, layers, seed, controls, keys=ids, valid=masks["all"]), \
                     ResidualCapture(lm, layers, on_layer=sink):
                 lm.model(**inputs)
             rows += sink.rows

@@ -151,28 +151,41 @@ def cmd_eval(a) -> int:
 
 
 def cmd_analyze(a) -> int:
-    from .analysis import layer_curves, residual_metrics, rope_baseline, table1
-    from .tasks.loaders import load_benchmark
-    from .metrics import RankRule
-    from .models.loader import load_model
+    from dataclasses import replace
 
-    lm = load_model(a.model, a.device, a.dtype)
-    samples = load_benchmark(a.benchmark, a.data, split=a.split, limit_per_family=a.limit)
+    from . import distributed
+    from .analysis import layer_curves, table1
+    from .analysis_harness import analyze_run
+    from .metrics import MetricSpec, RankRule
+    from .provenance import data_identity
+    from .tasks.loaders import load_benchmark
+
+    spec = MetricSpec.named(a.metric_spec)
+    if a.rank_rule is not None:
+        spec = replace(spec, rank=RankRule(a.rank_rule, a.rank_value))
+    scopes = tuple(x.strip() for x in a.scope.split(",") if x.strip())
     layers = _layers(a.layers)
     layers = None if layers in (None, "all") else list(layers)
-    rule = RankRule(a.rank_rule, a.rank_value)
-    scopes = tuple(a.scope.split(","))
+    world = distributed.init(a.device)
+    samples = load_benchmark(a.benchmark, a.data, split=a.split, limit_per_family=a.limit)
+    lm = load_model_for(a)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    df = residual_metrics(lm, samples, layers, scopes, rule, batch_size=a.batch_size, seed=a.seed)
-    df.to_csv(out / "residual_metrics.csv", index=False)
-    layer_curves(df).to_csv(out / "layer_curves.csv", index=False)
-    eps = rope_baseline(lm, samples, layers, scopes, rule, batch_size=a.batch_size)
+    metrics, eps = analyze_run(lm, samples, out / "records.jsonl", spec, scopes=scopes, layers=layers,
+                               controls=a.controls, batch_size=a.batch_size, seed=a.seed, model=a.model,
+                               benchmark=a.benchmark, data=data_identity(a.data), split=a.split, world=world,
+                               progress=world.is_main)
+    if not world.is_main:
+        return 0
+    metrics.to_csv(out / "residual_metrics.csv", index=False)
+    layer_curves(metrics).to_csv(out / "layer_curves.csv", index=False)
     eps.to_csv(out / "eps_rope.csv", index=False)
-    t1 = table1(df, scopes[0])
+    t1 = table1(metrics, scopes[0])
     t1.to_csv(out / "table1.csv", index=False)
+    print(f"metric spec: {spec.describe()}")
     print(t1.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"eps_RoPE = {eps[eps.scope == scopes[0]].rid.mean():.3f}")
+    print(f"per-sample records: {out / 'records.jsonl'}; tables in {out}/"
+          + (f" (merged from {world.size} ranks)" if world.active else ""))
     return 0
 
 
@@ -252,7 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     an = sub.add_parser("analyze", help="RID / MixIG per layer and module, controls, eps_RoPE")
     model_args(an)
     an.add_argument("--scope", default="all", help="comma-separated: all,visual,text")
-    an.add_argument("--rank-rule", default="energy", choices=["energy", "tol", "fixed"])
+    an.add_argument("--metric-spec", default="official", choices=["official", "paper_text"],
+                    help="official: the metrics as the paper's code computes them (sharpened, normalised TME of the "
+                         "last token, l2 dD, numerical rank); paper_text: the formulas of the paper's text")
+    an.add_argument("--controls", default=None, choices=["official", "ours"],
+                    help="noise controls: official (every q/k/v or MLP module, vision tower included, seed 42 per "
+                         "tensor) or ours (the analysed decoder layers); default: the metric spec's")
+    an.add_argument("--rank-rule", default=None, choices=["energy", "tol", "fixed", "numerical"],
+                    help="override the spec's rank rule for the projectors (official: numerical; paper_text: "
+                         "energy 0.99)")
     an.add_argument("--rank-value", type=float, default=0.99)
     an.add_argument("--out", default="results/analyze")
     an.set_defaults(fn=cmd_analyze, limit=8, batch_size=8)

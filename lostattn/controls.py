@@ -42,23 +42,44 @@ def _check_preset(preset):
 
 
 @contextmanager
-def noise_delta(lm, layers: list[int] | None = None, seed: int = 0, match: str = "row"):
+def noise_delta(lm, layers: list[int] | None = None, seed: int = 0, match: str = "row",
+                keys: list[str] | None = None, valid: torch.Tensor | None = None):
+    """Replace dX_attn of the chosen layers by Gaussian noise of the same norm (per token row, or per sample).
+
+    With `keys` (one per sample of the batch) and `valid` (B, S) the non-padding positions, each sample's noise is
+    drawn from its own generator, seeded by (seed, key, layer), for its own tokens in order: a sample gets the
+    same noise in any batch, with any padding, on any rank. Without them one generator seeded by `seed` serves
+    the whole batch."""
     if match not in MATCH:
         raise ValueError(f"match {match!r} is not one of {MATCH}")
     gen = torch.Generator(device="cpu").manual_seed(seed)
 
-    def hook(module, args, out):
-        d = out[0] if isinstance(out, tuple) else out
-        noise = torch.randn(d.shape, generator=gen, dtype=torch.float32).to(d.device)
-        df = d.float()
-        if match == "row":
-            scale = df.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        else:
-            scale = df.flatten(1).norm(dim=1).view(-1, 1, 1) / noise.flatten(1).norm(dim=1).view(-1, 1, 1)
-        noise = (noise * scale).to(d.dtype)
-        return (noise, *out[1:]) if isinstance(out, tuple) else noise
+    def draw(d, layer):
+        if keys is None:
+            return torch.randn(d.shape, generator=gen, dtype=torch.float32)
+        from .guidance import sample_generator
 
-    handles = [lm.adapter.attn(i).register_forward_hook(hook) for i in _layers(lm.adapter, layers)]
+        noise = torch.zeros(d.shape, dtype=torch.float32)
+        for b, key in enumerate(keys):
+            pos = valid[b].cpu().bool() if valid is not None else torch.ones(d.shape[1], dtype=torch.bool)
+            g = sample_generator(seed, f"noise_delta|{key}|{layer}")
+            noise[b, pos] = torch.randn((int(pos.sum()), d.shape[-1]), generator=g, dtype=torch.float32)
+        return noise
+
+    def hook_for(layer):
+        def hook(module, args, out):
+            d = out[0] if isinstance(out, tuple) else out
+            noise = draw(d, layer).to(d.device)
+            df = d.float()
+            if match == "row":
+                scale = df.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            else:
+                scale = df.flatten(1).norm(dim=1).view(-1, 1, 1) / noise.flatten(1).norm(dim=1).view(-1, 1, 1)
+            noise = (noise * scale).to(d.dtype)
+            return (noise, *out[1:]) if isinstance(out, tuple) else noise
+        return hook
+
+    handles = [lm.adapter.attn(i).register_forward_hook(hook_for(i)) for i in _layers(lm.adapter, layers)]
     try:
         yield []
     finally:
@@ -189,10 +210,12 @@ def noise_ffn(lm, layers: list[int] | None = None, seed: int | None = None, pres
         yield names
 
 
-def control(condition: str, lm, layers: list[int] | None = None, seed: int = 0, preset: str = "official"):
+def control(condition: str, lm, layers: list[int] | None = None, seed: int = 0, preset: str = "official",
+            keys: list[str] | None = None, valid: torch.Tensor | None = None):
     """The context manager of a condition (vanilla: nothing). Under the official preset Noise QKV and Noise FFN
     act on the whole model with the official seed, as the official code does, and `layers` / `seed` only steer
-    Noise Delta; under "ours" every control acts on `layers` with `seed`."""
+    Noise Delta; under "ours" every control acts on `layers` with `seed`. `keys` and `valid` (the batch's sample
+    ids and non-padding positions) make Noise Delta's draw per sample (see `noise_delta`)."""
     from contextlib import nullcontext
 
     _check_preset(preset)
@@ -201,7 +224,7 @@ def control(condition: str, lm, layers: list[int] | None = None, seed: int = 0, 
     if condition == "vanilla":
         return nullcontext([])
     if condition == "noise_delta":
-        return noise_delta(lm, layers, seed=seed)
+        return noise_delta(lm, layers, seed=seed, keys=keys, valid=valid)
     fn = noise_qkv if condition == "noise_qkv" else noise_ffn
     if preset == "official":
         return fn(lm, None, preset="official")

@@ -85,3 +85,22 @@ def test_a_single_process_rerun_takes_over_the_part_files_of_a_killed_distribute
     assert len(got) == 18 and got["id"].is_unique
     assert got.set_index("id").loc[recs.iloc[0]["id"], "reply"] == "FROM RANK 0"
     assert not list(tmp_path.glob("run.rank*"))
+
+
+def test_analyze_over_two_ranks_matches_one_process(tmp_path):
+    args = ["analyze", "--limit", "1", "--batch-size", "2"]
+    r = _single([*args, "--out", str(tmp_path / "one")], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _torchrun([*args, "--out", str(tmp_path / "two")], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = pd.read_csv(tmp_path / "one" / "residual_metrics.csv")
+    b = pd.read_csv(tmp_path / "two" / "residual_metrics.csv")
+    keys = ["sample", "layer", "condition", "module", "scope"]
+    assert len(a) == len(b) and not b.duplicated(keys).any()
+    assert sorted(b["rank"].unique()) == [0, 1] and (a["rank"] == 0).all()
+    m = a.merge(b, on=keys, suffixes=("_1", "_2"))
+    assert len(m) == len(a)
+    for col in ("rid", "dS", "dD", "mixig"):
+        assert (m[f"{col}_1"] - m[f"{col}_2"]).abs().max() < 1e-5, col
+    _, recs = _records(tmp_path / "two" / "records.jsonl")
+    assert recs["id"].is_unique and len(recs) == 6
