@@ -45,3 +45,16 @@ def test_eval_controlled_protocol_every_image_mode(family, checkpoints, tmp_path
         head, recs = _records(out)
         assert head["run"]["protocol"]["name"] == "controlled" and len(recs) == 6
         assert head["run"]["protocol"]["max_new_tokens"] == 8
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_analyze_official_metric_spec_on_every_family(family, checkpoints, tmp_path, capsys):
+    out = tmp_path / "an"
+    assert cli(["analyze", "--model", checkpoints(family), "--metric-spec", "official", "--limit", "1",
+                "--scope", "all,visual,text", "--out", str(out)]) == 0, capsys.readouterr().err
+    t1 = pd.read_csv(out / "table1.csv")
+    assert list(t1["module"]) == ["Noise Δ", "Noise QKV", "Noise FFN", "Attention", "FFN"]
+    assert t1["MixIG"].between(-1, 1).all() and (t1["RID"] >= 0).all() and (t1["spec"] == "official").all()
+    m = pd.read_csv(out / "residual_metrics.csv")
+    assert set(m["scope"]) == {"all", "visual", "text"}
+    assert "metric spec: official" in capsys.readouterr().out
