@@ -30,6 +30,7 @@ TABLE1 = ("10_table1_rid_mixig", "table1.csv")  # (notebook, file) each cell wri
 TABLE2 = ("20_table2_sap", "table2_scores.csv")
 BASE_CONDITIONS = ("vanilla", "blind")
 MEAN = "mean over models"
+EPS = "ε_RoPE"  # Table 1's baseline row: the cells' eps_rope.csv (RID of the output with vs without RoPE)
 STATES = ("done", "not run", "running or interrupted", "failed", "other run")
 
 
@@ -121,6 +122,8 @@ def collect(profile: str = "tiny", config: str | Path | None = None, results: st
                     # a cell may also score a few conditions under a second protocol: the table is its main one's
                     main = _meta(c.out_dir / file).get("protocol") or df["protocol"].iloc[0]
                     df = df[df["protocol"] == main]
+                if nb == TABLE1[0]:
+                    df = _with_eps_row(df, c.out_dir / "eps_rope.csv")
                 df.insert(0, "benchmark", c.benchmark)
                 df.insert(0, "model", c.model)
                 sink.append(df)
@@ -133,6 +136,15 @@ def collect(profile: str = "tiny", config: str | Path | None = None, results: st
                   pd.DataFrame(cov, columns=["cell", "model", "benchmark", "notebook", "state"]),
                   pd.concat(t1, ignore_index=True) if t1 else pd.DataFrame(columns=["model", "benchmark", "module"]),
                   t2df)
+
+
+def _with_eps_row(t1: pd.DataFrame, eps_file: Path) -> pd.DataFrame:
+    """Table 1 of a cell with its eps_RoPE as one more row (RID, dS, dD: means over samples and layers)."""
+    if not eps_file.is_file():
+        return t1
+    eps = pd.read_csv(eps_file)
+    row = {"module": EPS, "RID": eps["rid"].mean(), "dS": eps["dS"].mean(), "dD": eps["dD"].mean(), "n": len(eps)}
+    return pd.concat([t1, pd.DataFrame([row])], ignore_index=True)
 
 
 # ---- Table 1 -----------------------------------------------------------------------------------------------------
@@ -182,6 +194,8 @@ def table1_mean(m: Matrix) -> pd.DataFrame:
         rows.append(row)
     out = pd.DataFrame(rows, columns=["module", *metrics, "models"])
     paper = paper_table("table1")
+    eps = paper_table("eps_rope").set_index("quantity")["value"]
+    paper = pd.concat([paper, pd.DataFrame([{"module": EPS, "RID": eps.get("eps_RoPE")}])], ignore_index=True)
     for c in [c for c in paper.columns if c != "module"]:
         out[f"{c} paper"] = out["module"].map(paper.set_index("module")[c])
     order = ["module"]
@@ -299,3 +313,27 @@ def print_tables(profile: str = "tiny", config: str | Path | None = None, result
         paths = save_tables(m, out_dir)
         print(f"\ntables written to {Path(next(iter(paths.values()))).parent}")
     return 0
+
+
+# ---- what the matrix shows -----------------------------------------------------------------------------------------
+def claims(m: Matrix) -> list:
+    """The paper's claims tested on the whole matrix: Table 1's orderings on the mean over models (with the mean
+    eps_RoPE), Table 2's on every model × benchmark cell (`lostattn.verdicts`)."""
+    from .report import paper_table
+    from .verdicts import table1_claims, table2_claims
+
+    out = []
+    mean = table1_mean(m)
+    if len(mean):
+        eps_row = mean[mean["module"] == EPS]
+        eps = float(eps_row["RID"].iloc[0]) if len(eps_row) and pd.notna(eps_row["RID"].iloc[0]) else None
+        paper_eps = float(paper_table("eps_rope").set_index("quantity").loc["eps_RoPE", "value"])
+        out += table1_claims(mean[mean["module"] != EPS], eps, paper_table("table1"), paper_eps)
+    s = table2_scores(m)
+    whole = s[~s["benchmark"].str.contains("≈")]
+    wide = whole.pivot_table(index=["model", "benchmark"], columns="condition", values="accuracy")
+    wide.index = [f"{a} · {b}" for a, b in wide.index]
+    modes = [c for c in m.conditions if c not in BASE_CONDITIONS]
+    if len(wide):
+        out += table2_claims(wide, modes)
+    return out

@@ -1,4 +1,4 @@
-"""The `lostattn` command: train, eval, analyze, reproduce, book.
+"""The `lostattn` command: train, eval, analyze, reproduce, aggregate, book.
 
 Errors a user can cause end in one line naming the input and the fix (exit status 2); set LOSTATTN_DEBUG=1 to get
 the traceback instead.
@@ -192,7 +192,14 @@ def cmd_analyze(a) -> int:
 def cmd_reproduce(a) -> int:
     from .reproduce import reproduce
 
-    return reproduce(profile=a.profile, only=a.only, force=a.force, config=a.config, build_book=not a.no_book)
+    return reproduce(profile=a.profile, only=a.only, force=a.force, config=a.config, build_book=not a.no_book,
+                     plan_only=a.plan, cell=a.cell, model=a.model, benchmark=a.benchmark)
+
+
+def cmd_aggregate(a) -> int:
+    from .aggregate import print_tables
+
+    return print_tables(a.profile, a.config, out_dir=a.out)
 
 
 def cmd_book(a) -> int:
@@ -280,11 +287,22 @@ def main(argv: list[str] | None = None) -> int:
 
     r = sub.add_parser("reproduce", help="run every notebook of a profile with papermill and build the book")
     r.add_argument("--profile", default="tiny")
-    r.add_argument("--only", default=None, help="one notebook (name without .ipynb)")
+    r.add_argument("--only", default=None, help="notebooks to run (names without .ipynb, comma-separated)")
     r.add_argument("--force", action="store_true", help="rerun even when nothing changed")
     r.add_argument("--config", default=None, help="profile config file (YAML), e.g. a filled-in profiles/paper.yaml")
     r.add_argument("--no-book", action="store_true")
+    r.add_argument("--plan", action="store_true",
+                   help="print the numbered cells and the command that runs each (e.g. as a SLURM array); run nothing")
+    r.add_argument("--cell", type=_positive_int, default=None, help="run one cell of the plan, by its number")
+    r.add_argument("--model", default=None, help="only this model's cells (its name in the profile)")
+    r.add_argument("--benchmark", default=None, help="only this benchmark's cells (registry or paper name)")
     r.set_defaults(fn=cmd_reproduce)
+
+    g = sub.add_parser("aggregate", help="the paper's tables over a profile's whole matrix (the page 30_paper_tables)")
+    g.add_argument("--profile", default="tiny")
+    g.add_argument("--config", default=None, help="profile config file (YAML)")
+    g.add_argument("--out", default=None, help="also write the tables as CSVs to this folder")
+    g.set_defaults(fn=cmd_aggregate)
 
     b = sub.add_parser("book", help="build the HTML book from a profile's executed notebooks")
     b.add_argument("--profile", default="tiny")
