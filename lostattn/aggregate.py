@@ -335,5 +335,5 @@ def claims(m: Matrix) -> list:
     wide.index = [f"{a} · {b}" for a, b in wide.index]
     modes = [c for c in m.conditions if c not in BASE_CONDITIONS]
     if len(wide):
-        out += table2_claims(wide, modes)
+        out += table2_claims(wide, modes, rows="model · benchmark")
     return out

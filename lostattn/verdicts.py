@@ -153,9 +153,11 @@ def scope_claims(t1_by_scope: dict[str, pd.DataFrame]) -> list[Claim]:
     return out
 
 
-def table2_claims(wide: pd.DataFrame, modes: list[str], paper_deltas: dict[str, float] | None = None) -> list[Claim]:
-    """The claims of Table 2 from accuracy per family (rows) and condition (columns: vanilla, the SAP modes, and
-    optionally blind). `paper_deltas` (benchmark -> reported change under noise) is quoted beside."""
+def table2_claims(wide: pd.DataFrame, modes: list[str], paper_deltas: dict[str, float] | None = None,
+                  rows: str = "family") -> list[Claim]:
+    """The claims of Table 2 from accuracy per family (rows; `rows` names what a row is) and condition (columns:
+    vanilla, the SAP modes, and optionally blind). `paper_deltas` (benchmark -> reported change under noise) is
+    quoted beside."""
     modes = [m for m in modes if m in wide.columns]
     out = []
     if "vanilla" not in wide.columns or not modes:
@@ -169,7 +171,7 @@ def table2_claims(wide: pd.DataFrame, modes: list[str], paper_deltas: dict[str, 
     out.append(_claim(f"Replacing learned attention over the image barely changes scores (every change within "
                       f"±{BARELY_POINTS:g} points)", bool(flat.abs().max() <= BARELY_POINTS),
                       f"largest change {_pts(flat[worst])} points ({worst[0]}, {worst[1]}); "
-                      f"{int((flat.abs() <= BARELY_POINTS).sum())} of {len(flat)} family × mode cells within "
+                      f"{int((flat.abs() <= BARELY_POINTS).sum())} of {len(flat)} {rows} × mode cells within "
                       f"±{BARELY_POINTS:g}{quoted}"))
     rises = flat[flat > 0]
     out.append(_claim("Predefined attention sometimes scores higher than the learned one", len(rises) > 0,
