@@ -48,6 +48,19 @@ def provenance(seed: int | None = None, **extra) -> dict:
     return rec
 
 
+def hash_file(h, path: Path, sample: int = 1 << 20, whole_below: int = 64 << 20) -> None:
+    """Feed `h` a file's bytes: all of them under `whole_below`, else the first and last `sample` bytes (cheap for
+    a multi-GB weight file, and different after any retraining, whose tensors start right after the header)."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        if size < whole_below:
+            h.update(fh.read())
+            return
+        h.update(fh.read(sample))
+        fh.seek(max(0, size - sample))
+        h.update(fh.read(sample))
+
+
 def file_fingerprint(path: str | Path, sample: int = 1 << 20, whole_below: int = 64 << 20) -> str:
     """16 hex digits identifying a file's bytes (all of them under `whole_below`, else its size and first and last
     `sample` bytes), or a folder's (the relative name, size and bytes of each file in it, so sampled)."""
@@ -55,15 +68,8 @@ def file_fingerprint(path: str | Path, sample: int = 1 << 20, whole_below: int =
     files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
     h = hashlib.sha256()
     for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(root) if root.is_dir() else f.name}:{size}\n".encode())
-        with f.open("rb") as fh:
-            if size < whole_below:
-                h.update(fh.read())
-            else:
-                h.update(fh.read(sample))
-                fh.seek(size - sample)
-                h.update(fh.read(sample))
+        h.update(f"{f.relative_to(root) if root.is_dir() else f.name}:{f.stat().st_size}\n".encode())
+        hash_file(h, f, sample, whole_below)
     return h.hexdigest()[:16]
 
 

@@ -287,7 +287,10 @@ def test_parameters_are_read_from_the_notebooks_themselves(tmp_path, monkeypatch
             cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
             cell["source"] = "".join(cell["source"]) + "\nnew_knob = 1\nlow, high = 0.0, 1.0\n"
         (nbs / f"{n}.ipynb").write_text(json.dumps(nb))
+    from lostattn import profiles
+
     monkeypatch.setattr(rp, "NOTEBOOK_DIR", nbs)
+    monkeypatch.setattr(profiles, "NOTEBOOK_DIR", nbs)
     cfg = write_profile(tmp_path, {"notebooks": {"10_table1_rid_mixig": {"new_knob": 2, "high": 0.5}}})
     cell = next(c for c in rp.plan(rp.load_profile("x", cfg)) if c.notebook == "10_table1_rid_mixig")
     assert cell.params["new_knob"] == 2 and cell.params["high"] == 0.5

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoProcessor
+from transformers import AutoConfig
 
 from .adapters import FAMILIES, Adapter, supported_text
+from ..provenance import hash_file
 from .embedded import EMBEDDED_NAME
 
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "data" / "embedded_model"
@@ -66,15 +67,8 @@ def weights_fingerprint(src: str | Path, sample: int = 1 << 20, whole_below: int
     h.update((folder / "config.json").read_bytes())
     weights = sorted(f for f in folder.iterdir() if f.suffix in (".safetensors", ".bin", ".pt") and f.is_file())
     for f in weights:
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with f.open("rb") as fh:
-            if size < whole_below:
-                h.update(fh.read())
-                continue
-            h.update(fh.read(sample))
-            fh.seek(max(0, size - sample))
-            h.update(fh.read(sample))
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+        hash_file(h, f, sample, whole_below)
     return h.hexdigest()[:16]
 
 
