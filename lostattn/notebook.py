@@ -32,7 +32,7 @@ class Run:
         m = self.meta
         text = (f"profile={m['profile']} · model={m['model_label']} · benchmark={m['benchmark']} · "
                 f"commit={m['git_commit'][:12]} · seed={m['seed']}" + (f" · {extra}" if extra else ""))
-        fig.text(0.5, -0.02, text, ha="center", va="top", fontsize=7, color="0.35")
+        fig_stamp(fig, text)
 
     def save_table(self, df: pd.DataFrame, name: str) -> Path:
         """CSV under out_dir plus a JSON sidecar with provenance."""
@@ -43,7 +43,7 @@ class Run:
 
     def save_figure(self, fig, name: str) -> Path:
         path = self.out_dir / f"{name}.png"
-        fig.savefig(path, dpi=130, bbox_inches="tight")
+        save_png(fig, path)
         return path
 
     def show_figure(self, fig, name: str, extra: str = "") -> None:
@@ -94,6 +94,30 @@ def start(profile: str, model: str, device: str, dtype: str, benchmark: str, dat
                       samples=len(samples), split=split, data=str(data) if data else None,
                       model_label=model_label(model, extra.pop("model_name", None)), **extra)
     return Run(lm, samples, out, meta, tuple(extra))
+
+
+DPI = 130
+
+
+def save_png(fig, path) -> None:
+    """The figure as the book shows it: 130 dpi, cropped to its content, the provenance footer included."""
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.1)
+
+
+def fig_stamp(fig, text: str) -> None:
+    """A provenance footer under everything in `fig`. A figure whose legend sits below the panels
+    (`display.legend_below`) gets it as that legend's last line, so the layout keeps room for both; any other
+    figure gets it under its panels."""
+    style = {"fontsize": 7, "color": "0.35"}
+    leg = fig.legends[-1] if fig.legends else None
+    if leg is not None and not leg.get_title().get_text():
+        leg.set_title(text, prop={"size": style["fontsize"]})
+        leg.get_title().set_color(style["color"])
+        box = getattr(leg, "_legend_box", None)  # a title sits above the entries; move it below them
+        if box is not None and len(getattr(box, "_children", ())) == 2:
+            box._children = box._children[::-1]
+        return
+    fig.text(0.5, -0.02, text, ha="center", va="top", **style)
 
 
 def model_label(model: str, model_name: str | None = None) -> str:
