@@ -100,3 +100,19 @@ def test_cli_eval_and_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli(["eval", "--benchmark", "pope"]) == 2
     assert "needs its local file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", ["eval", "analyze"])
+def test_threads_option_sets_the_cpu_threads_of_the_run(cmd, tmp_path, monkeypatch):
+    import torch
+
+    import lostattn.cli as cli_mod
+
+    seen = []  # the command's function is looked up when the parser is built, so the stand-in is the one run
+    monkeypatch.setattr(cli_mod, f"cmd_{cmd}", lambda a: seen.append(torch.get_num_threads()) or 0)
+    before = torch.get_num_threads()
+    try:
+        assert cli_mod.main([cmd, "--threads", "1", "--out", str(tmp_path / "x")]) == 0
+        assert seen == [1]
+    finally:
+        torch.set_num_threads(before)
