@@ -8,15 +8,15 @@ Use from a command:
 
     world = distributed.init(device)          # once, before loading the model; returns a `World`
     mine = world.shard(samples)               # this rank's samples (every world_size-th, from rank)
-    ...                                       # work on `mine`, write per-rank output
-    parts = world.gather(rows)                # rank 0: the list of every rank's `rows`; other ranks: None
-    world.close()
+    ...                                       # work on `mine`, write per-rank output (`lostattn.runner`)
+    world.barrier()                           # then rank 0 merges the ranks' files
+    distributed.close()
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -71,15 +71,6 @@ class World:
     def barrier(self) -> None:
         if self.active and torch.distributed.is_initialized():
             torch.distributed.barrier()
-
-    def gather(self, obj: Any) -> list | None:
-        """Every rank's `obj` (any picklable value produced by this package), in rank order, on rank 0; None on the
-        others. With one rank: [obj]."""
-        if not self.active:
-            return [obj]
-        out = [None] * self.size if self.is_main else None
-        torch.distributed.gather_object(obj, out, dst=0)
-        return out
 
     def close(self) -> None:
         if self.active and torch.distributed.is_initialized():

@@ -106,10 +106,3 @@ def make_guidance(cfg, lm, inputs, keys: list[str], images=None) -> list[torch.T
                                f"({lm.adapter.family}, layout {lm.adapter.layout.kind})")
         out.append(_softmax(s))
     return out
-
-
-def guidance_summary(g: torch.Tensor) -> dict:
-    """Entropy (nats) and max of a guidance distribution, for reports."""
-    p = g.double().clamp_min(1e-300)
-    return {"entropy": float(-(p * p.log()).sum()), "max": float(g.max()), "n": int(g.numel()),
-            "uniform_entropy": float(torch.log(torch.tensor(float(g.numel())))),}

@@ -37,7 +37,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .guidance import MODES, guidance_summary, make_guidance  # noqa: F401  (guidance_summary: re-exported)
+from .guidance import MODES, make_guidance
 
 SAP_ATTN = "lostattn_sap"
 QUERY_SCOPES = ("last", "text")
