@@ -13,10 +13,10 @@ from pathlib import Path
 
 
 def _layers(text: str | None):
-    if text is None or text == "all":
-        return "all" if text == "all" else None
+    from .sap import parse_layers
+
     try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
+        return parse_layers(text)
     except ValueError:
         raise ValueError(f"--layers takes 'all' or comma-separated integers, got {text!r}") from None
 
@@ -107,16 +107,9 @@ def _sap_config(a, protocol):
     """The protocol's SAP preset for --sap-mode with the SAP options that were given; None without --sap-mode."""
     if not a.sap_mode:
         return None
-    over = {"seed": a.seed}
-    if a.lam is not None:
-        over["lam"] = a.lam
-    if a.head_min is not None:
-        over["head_percentile"] = (a.head_min, a.head_max)
-    if a.queries is not None:
-        over["queries"] = a.queries
-    if a.layers is not None:
-        over["layers"] = _layers(a.layers) or "all"
-    return protocol.sap_config(a.sap_mode, **over)
+    return protocol.sap_config(a.sap_mode, lam=a.lam, seed=a.seed, queries=a.queries,
+                               head_percentile=(a.head_min, a.head_max) if a.head_min is not None else None,
+                               layers=(_layers(a.layers) or "all") if a.layers is not None else None)
 
 
 def cmd_eval(a) -> int:

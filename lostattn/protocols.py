@@ -22,7 +22,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .guidance import sample_generator
-from .sap import SAPConfig
+from .sap import SAPConfig, parse_layers
 
 PROTOCOLS = ("controlled", "official")
 OFFICIAL_MAX_NEW_TOKENS = 1024
@@ -77,9 +77,15 @@ class Protocol:
         d["sap"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in d["sap"].items()}
         return d
 
-    def sap_config(self, mode: str = "gaussian_noise", lam: float = 1.0, **overrides) -> SAPConfig:
-        """The protocol's SAP settings for `mode`; `overrides` (layers, head_percentile, queries, seed, ...) win."""
-        return SAPConfig(**{"mode": mode, "lam": lam, **self.sap, **overrides})
+    def sap_config(self, mode: str = "gaussian_noise", lam: float | None = 1.0, **overrides) -> SAPConfig:
+        """The protocol's SAP settings for `mode`; `overrides` (layers, head_percentile, queries, seed, ...) that are
+        not None win (layers may be written as "all" or "18,19,20"); `lam` None is full replacement."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "layers" in given:
+            given["layers"] = parse_layers(given["layers"]) if isinstance(given["layers"], str) else given["layers"]
+        if "head_percentile" in given:
+            given["head_percentile"] = tuple(given["head_percentile"])
+        return SAPConfig(**{"mode": mode, "lam": 1.0 if lam is None else lam, **self.sap, **given})
 
     # ---- prompting ---------------------------------------------------------------------------------------------
     def question_text(self, question: str) -> str:

@@ -77,14 +77,7 @@ def sap_conditions(lm, model: str, benchmark: str, data=None, split: str = "test
     base = RunSpec(model=model, benchmark=benchmark, data=data_identity(data), split=split, protocol=protocol,
                    reasoning=reasoning, max_new_tokens=max_new_tokens, seed=seed)
     preset = base.resolve(lm)
-    over = {"seed": seed}
-    if layers is not None:
-        over["layers"] = layers if not isinstance(layers, str) or layers == "all" else \
-            tuple(int(i) for i in layers.split(",") if i.strip())
-    if head_window is not None:
-        over["head_percentile"] = tuple(head_window)
-    if queries is not None:
-        over["queries"] = queries
+    over = {"seed": seed, "layers": layers, "queries": queries, "head_percentile": head_window}
     out = [Condition("vanilla", base)]
     if blind:
         out.append(Condition("blind", replace(base, blind=True)))

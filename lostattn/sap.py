@@ -111,6 +111,17 @@ class SAPConfig:
         return f"sap-{self.mode}-lam{self.lam:g}-L{layers}-h{lo:g}_{hi:g}-q{self.queries}-s{self.seed}-{digest}"
 
 
+def parse_layers(text: str | None) -> str | tuple[int, ...] | None:
+    """SAP layers as written on a command line or in a profile: None, "all", or comma-separated layer indices
+    ("18,19,20") -> None, "all" or a tuple of ints; a ValueError naming the text otherwise."""
+    if text is None or text == "all":
+        return text
+    try:
+        return tuple(int(t) for t in str(text).split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"layers take 'all' or comma-separated integers, got {text!r}") from None
+
+
 def empty_head_window(n_heads: int, window: tuple[float, float]) -> bool:
     """True when the percentile window can select no head of `n_heads` with distinct scores: both quantiles fall
     strictly between the same two sorted scores (linear interpolation), e.g. 0.1-0.11 for 14, 28 or 64 heads (the
