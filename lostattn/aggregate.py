@@ -181,7 +181,7 @@ def table1_per_model(m: Matrix) -> pd.DataFrame:
 def table1_mean(m: Matrix) -> pd.DataFrame:
     """Table 1 as the paper prints it: per module the mean over models (each model alike, those with a value),
     how many models it averages, and the paper's values beside."""
-    from .report import paper_table
+    from .report import paper_eps_rope, paper_table
 
     per = table1_per_model(m)
     metrics = table1_metrics(m)
@@ -194,8 +194,7 @@ def table1_mean(m: Matrix) -> pd.DataFrame:
         rows.append(row)
     out = pd.DataFrame(rows, columns=["module", *metrics, "models"])
     paper = paper_table("table1")
-    eps = paper_table("eps_rope").set_index("quantity")["value"]
-    paper = pd.concat([paper, pd.DataFrame([{"module": EPS, "RID": eps.get("eps_RoPE")}])], ignore_index=True)
+    paper = pd.concat([paper, pd.DataFrame([{"module": EPS, "RID": paper_eps_rope()}])], ignore_index=True)
     for c in [c for c in paper.columns if c != "module"]:
         out[f"{c} paper"] = out["module"].map(paper.set_index("module")[c])
     order = ["module"]
@@ -319,7 +318,7 @@ def print_tables(profile: str = "tiny", config: str | Path | None = None, result
 def claims(m: Matrix) -> list:
     """The paper's claims tested on the whole matrix: Table 1's orderings on the mean over models (with the mean
     eps_RoPE), Table 2's on every model × benchmark cell (`lostattn.verdicts`)."""
-    from .report import paper_table
+    from .report import paper_eps_rope, paper_table
     from .verdicts import table1_claims, table2_claims
 
     out = []
@@ -327,8 +326,7 @@ def claims(m: Matrix) -> list:
     if len(mean):
         eps_row = mean[mean["module"] == EPS]
         eps = float(eps_row["RID"].iloc[0]) if len(eps_row) and pd.notna(eps_row["RID"].iloc[0]) else None
-        paper_eps = float(paper_table("eps_rope").set_index("quantity").loc["eps_RoPE", "value"])
-        out += table1_claims(mean[mean["module"] != EPS], eps, paper_table("table1"), paper_eps)
+        out += table1_claims(mean[mean["module"] != EPS], eps, paper_table("table1"), paper_eps_rope())
     s = table2_scores(m)
     whole = s[~s["benchmark"].str.contains("≈")]
     wide = whole.pivot_table(index=["model", "benchmark"], columns="condition", values="accuracy")

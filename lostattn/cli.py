@@ -143,18 +143,14 @@ def cmd_eval(a) -> int:
 
 
 def cmd_analyze(a) -> int:
-    from dataclasses import replace
-
     from . import distributed
     from .analysis import layer_curves, table1
     from .analysis_harness import analyze_run
-    from .metrics import MetricSpec, RankRule
+    from .metrics import MetricSpec
     from .provenance import data_identity
     from .tasks.loaders import load_benchmark
 
-    spec = MetricSpec.named(a.metric_spec)
-    if a.rank_rule is not None:
-        spec = replace(spec, rank=RankRule(a.rank_rule, a.rank_value))
+    spec = MetricSpec.named(a.metric_spec, a.rank_rule, a.rank_value)
     scopes = tuple(x.strip() for x in a.scope.split(",") if x.strip())
     layers = _layers(a.layers)
     layers = None if layers in (None, "all") else list(layers)

@@ -146,10 +146,13 @@ class MetricSpec:
                    rank=RankRule("energy", 0.99), ffn_reference="mid")
 
     @classmethod
-    def named(cls, name: str) -> "MetricSpec":
+    def named(cls, name: str, rank_rule: str | None = None, rank_value: float = 0.99) -> "MetricSpec":
+        """The preset `name`, with its rank rule replaced by RankRule(rank_rule, rank_value) when one is given (the
+        notebooks' and the command line's `rank_rule` / `rank_value`)."""
         if name not in SPEC_NAMES:
             raise ValueError(f"metric spec {name!r} is not one of {SPEC_NAMES}")
-        return getattr(cls, name)()
+        spec = getattr(cls, name)()
+        return replace(spec, rank=RankRule(rank_rule, rank_value)) if rank_rule else spec
 
     @classmethod
     def from_dict(cls, d: dict) -> "MetricSpec":

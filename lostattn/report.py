@@ -27,6 +27,11 @@ def paper_table(name: str) -> pd.DataFrame:
     return pd.read_csv(path, comment="#")
 
 
+def paper_eps_rope() -> float:
+    """The eps_RoPE the paper reports (data/paper/eps_rope.csv)."""
+    return float(paper_table("eps_rope").set_index("quantity").loc["eps_RoPE", "value"])
+
+
 def accuracy_report(lm, samples, records_file: str | Path, spec: RunSpec, batch_size: int = 64,
                     progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score `samples` (resumable records in `records_file`); returns (per-family table, per-sample records).
