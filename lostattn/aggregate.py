@@ -214,17 +214,11 @@ def table1_layout(m: Matrix, metric: str = "RID") -> pd.DataFrame:
 
 
 # ---- Table 2 -----------------------------------------------------------------------------------------------------
-def _weighted(g: pd.DataFrame) -> tuple[float, int]:
-    g = g[g["accuracy"].notna()]
-    n = g["n"].astype(float)
-    return (float((g["accuracy"] * n).sum() / n.sum()), int(n.sum())) if len(g) and n.sum() > 0 else (np.nan, 0)
-
-
 def table2_scores(m: Matrix) -> pd.DataFrame:
     """Model × benchmark × condition: the n-weighted accuracy (%) over the benchmark's families and its n, the
     paper's value beside where it reports one; the synthetic benchmark also family by family, under the paper
     benchmark each family stands for. Every combination of the plan is a row; missing scores are NaN."""
-    from .report import paper_table
+    from .report import paper_table, weighted_accuracy
     from .tasks.registry import get_benchmark
 
     paper = paper_table("table2").set_index(["model", "benchmark", "condition"])["value"]
@@ -241,7 +235,7 @@ def table2_scores(m: Matrix) -> pd.DataFrame:
             for cond in m.conditions:
                 g = df[(df["model"] == model) & (df["benchmark"] == bench) & (df["condition"] == cond)]
                 for label, fams, analog in groups:
-                    acc, n = _weighted(g if fams is None else g[g["family"].isin(fams)])
+                    acc, n = weighted_accuracy(g if fams is None else g[g["family"].isin(fams)])
                     rows.append({"model": model, "benchmark": label, "condition": cond, "n": n, "accuracy": acc,
                                  "paper benchmark": analog,
                                  "paper": paper.get((model, analog, cond), np.nan) if analog else np.nan})

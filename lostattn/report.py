@@ -106,12 +106,21 @@ def score_conditions(lm, samples, out_dir: str | Path, conditions: list[Conditio
     return pd.concat(tables, ignore_index=True)
 
 
+def weighted_accuracy(scores: pd.DataFrame) -> tuple[float, int]:
+    """(accuracy over all samples of the rows' families, their count): the n-weighted mean of the rows' accuracy;
+    (NaN, 0) when no row has one."""
+    g = scores[scores["accuracy"].notna()]
+    n = g["n"].astype(float)
+    return (float((g["accuracy"] * n).sum() / n.sum()), int(n.sum())) if len(g) and n.sum() > 0 else (float("nan"), 0)
+
+
 def overall(scores: pd.DataFrame, by: tuple[str, ...] = ("condition",)) -> pd.DataFrame:
-    """The benchmark's score per `by` group: accuracy over all its samples (the n-weighted mean of its families)."""
-    g = scores.assign(hits=scores["accuracy"] * scores["n"]).groupby(list(by), as_index=False, sort=False)
-    out = g[["hits", "n"]].sum()
-    out["accuracy"] = out["hits"] / out["n"]
-    return out.drop(columns="hits")
+    """The benchmark's score per `by` group: accuracy over all its samples (`weighted_accuracy` of its families)."""
+    rows = []
+    for key, g in scores.groupby(list(by), sort=False):
+        acc, n = weighted_accuracy(g)
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "n": n, "accuracy": acc})
+    return pd.DataFrame(rows, columns=[*by, "n", "accuracy"])
 
 
 def accuracy_wide(scores: pd.DataFrame, conditions: list[str], protocol: str | None = None) -> pd.DataFrame:
