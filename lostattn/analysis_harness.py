@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from . import distributed, runner
 from .analysis import CONDITIONS, residual_metrics, rope_baseline
@@ -17,9 +16,7 @@ from .provenance import provenance
 def analyze_key(lm, spec, scopes, layers, conditions, controls, seed, batch_size, model, benchmark, data,
                 split) -> dict:
     """Every input that changes an analysis record."""
-    return {"analysis": "residual", "model": model, "weights": getattr(lm, "fingerprint", ""),
-            "dtype": str(lm.model.dtype).removeprefix("torch."), "device": torch.device(lm.device).type,
-            "benchmark": benchmark, "data": data, "split": split, "spec": spec.to_dict(), "controls": controls,
+    return {"analysis": "residual", "model": model, **lm.identity(), "benchmark": benchmark, "data": data, "split": split, "spec": spec.to_dict(), "controls": controls,
             "scopes": list(scopes), "layers": layers, "conditions": list(conditions), "seed": seed,
             "batch_size": batch_size}
 

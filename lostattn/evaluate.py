@@ -67,8 +67,7 @@ class RunSpec:
 
     def bound(self, lm) -> "RunSpec":
         """This spec with dtype, device (its type: cpu, cuda), weights and the resolved protocol read from `lm`."""
-        found = {"dtype": str(lm.model.dtype).removeprefix("torch."), "device": torch.device(lm.device).type,
-                 "weights": getattr(lm, "fingerprint", "") or "", "decoding": self.resolve(lm).key()}
+        found = {**lm.identity(), "decoding": self.resolve(lm).key()}
         for name, value in found.items():
             given = getattr(self, name)
             if given is not None and given != value:

@@ -32,6 +32,11 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def identity(self) -> dict:
+        """What a results file's key records of the loaded model: its weights' fingerprint, dtype and device type."""
+        return {"weights": self.fingerprint or "", "dtype": str(self.model.dtype).removeprefix("torch."),
+                "device": torch.device(self.device).type}
+
 
 def resolve(name_or_path: str | Path) -> str:
     """The embedded model's folder for its name, else the path or hub id as given (after checks)."""
