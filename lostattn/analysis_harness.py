@@ -16,9 +16,9 @@ from .provenance import provenance
 def analyze_key(lm, spec, scopes, layers, conditions, controls, seed, batch_size, model, benchmark, data,
                 split) -> dict:
     """Every input that changes an analysis record."""
-    return {"analysis": "residual", "model": model, **lm.identity(), "benchmark": benchmark, "data": data, "split": split, "spec": spec.to_dict(), "controls": controls,
-            "scopes": list(scopes), "layers": layers, "conditions": list(conditions), "seed": seed,
-            "batch_size": batch_size}
+    return {"analysis": "residual", "model": model, **lm.identity(), "benchmark": benchmark, "data": data,
+            "split": split, "spec": spec.to_dict(), "controls": controls, "scopes": list(scopes), "layers": layers,
+            "conditions": list(conditions), "seed": seed, "batch_size": batch_size}
 
 
 def analyze_run(lm, samples, out_file: str | Path, spec=None, scopes=("all",), layers=None, conditions=CONDITIONS,

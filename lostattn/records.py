@@ -25,21 +25,33 @@ def lock_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
+class Busy(ValueError):
+    """Another process holds the lock; the message names it and what to do."""
+
+
+@contextmanager
+def exclusive(lock_file: str | Path, busy: str):
+    """Hold `lock_file` for the block, without waiting: when another process holds it, raise Busy(`busy`)."""
+    lock = FileLock(str(lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise Busy(busy) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 @contextmanager
 def locked(path: str | Path):
     """Hold the results file's lock for the block; refuse (ValueError naming the file) when another run holds it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_path(path)), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise ValueError(f"{path} is being written by another run (its lock {lock_path(path).name} is held): wait "
-                         f"for that run to finish, or give this one another output file (--out)") from None
-    try:
+    with exclusive(lock_path(path), f"{path} is being written by another run (its lock {lock_path(path).name} is "
+                                    f"held): wait for that run to finish, or give this one another output file "
+                                    f"(--out)"):
         yield
-    finally:
-        lock.release()
 
 
 def _diff(there: dict, here: dict) -> str:

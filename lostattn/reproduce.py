@@ -666,36 +666,33 @@ def reproduce(profile: str = "tiny", only=None, force: bool = False, config: str
 
 def _run_cell(cell: Cell, key: str) -> tuple[str, Path | None] | None:
     """Run one cell under its lock; None when it succeeded, else (what failed, the partly executed notebook)."""
-    from filelock import FileLock, Timeout
+    from .records import Busy, exclusive
 
     cell.key_file.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(cell.key_file.with_suffix(".lock")))
+    lock_file = cell.key_file.with_suffix(".lock")
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return (f"another process is running this cell (it holds {lock.lock_file}); let it finish", None)
-    try:
-        data = cell.params.get("data")
-        if data and not _local(str(data)).exists():
-            return (f"benchmark file {data} does not exist (benchmark {cell.benchmark}); fix its data: path in the "
-                    f"profile", None)
-        cell.key_file.unlink(missing_ok=True)  # not finished until it succeeds
-        try:
-            marker = prepare_out_dir(cell, key)
-        except ValueError as err:  # a folder holding files not ours: named, nothing removed
-            return (str(err), None)
-        progress = CellProgress(on_cell_done=lambda: _update_marker(cell, marker))
-        t = time.perf_counter()
-        try:
-            run_notebook(cell, progress)
-        except KeyboardInterrupt:
-            _update_marker(cell, marker, state="interrupted")
-            raise
-        except Exception as err:  # noqa: BLE001 - papermill's error carries the failing cell's traceback
-            _update_marker(cell, marker, state="failed", error=_failure_text(err))
-            return (_failure_text(err), cell.out_nb if cell.out_nb.is_file() else None)
-        _update_marker(cell, marker, state="done", seconds=round(time.perf_counter() - t, 1))
-        cell.key_file.write_text(key)
-        return None
-    finally:
-        lock.release()
+        with exclusive(lock_file, f"another process is running this cell (it holds {lock_file}); let it finish"):
+            data = cell.params.get("data")
+            if data and not _local(str(data)).exists():
+                return (f"benchmark file {data} does not exist (benchmark {cell.benchmark}); fix its data: path in "
+                        f"the profile", None)
+            cell.key_file.unlink(missing_ok=True)  # not finished until it succeeds
+            try:
+                marker = prepare_out_dir(cell, key)
+            except ValueError as err:  # a folder holding files not ours: named, nothing removed
+                return (str(err), None)
+            progress = CellProgress(on_cell_done=lambda: _update_marker(cell, marker))
+            t = time.perf_counter()
+            try:
+                run_notebook(cell, progress)
+            except KeyboardInterrupt:
+                _update_marker(cell, marker, state="interrupted")
+                raise
+            except Exception as err:  # noqa: BLE001 - papermill's error carries the failing cell's traceback
+                _update_marker(cell, marker, state="failed", error=_failure_text(err))
+                return (_failure_text(err), cell.out_nb if cell.out_nb.is_file() else None)
+            _update_marker(cell, marker, state="done", seconds=round(time.perf_counter() - t, 1))
+            cell.key_file.write_text(key)
+            return None
+    except Busy as err:
+        return (str(err), None)
