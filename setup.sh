@@ -16,5 +16,5 @@ else
 fi
 "$PY" -m pip install --quiet -e ".[book,dev]"
 # MathJax is needed only to build the book; a failure here is reported, not fatal (the tests do not need it).
-"$PY" -c "from lostattn.book_assets import ensure_mathjax; from pathlib import Path; print('mathjax:', ensure_mathjax(Path('book')))" \
+"$PY" -c "from lostattn.pipeline.book_assets import ensure_mathjax; from pathlib import Path; print('mathjax:', ensure_mathjax(Path('book')))" \
   || echo "setup.sh: warning: MathJax could not be fetched from the npm registry; the book will need it (rerun setup.sh)" >&2

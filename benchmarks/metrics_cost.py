@@ -35,13 +35,13 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lostattn.metrics import MetricSpec, Stream, update_metrics  # noqa: E402
+from lostattn.residual.metrics import MetricSpec, Stream, update_metrics  # noqa: E402
 from lostattn.provenance import provenance  # noqa: E402
 
 WORKLOAD = {"models": 15, "layers": 32, "samples": 1000, "controls_factor": 2.5}
 
 
-# --- the plain implementation: the formulas of lostattn.metrics written with two thin SVDs -------------------------
+# --- the plain implementation: the formulas of lostattn.residual.metrics written with two thin SVDs -------------------------
 
 def _entropy(p):
     p = p[p > 0]
@@ -89,7 +89,7 @@ def plain_metrics(x: np.ndarray, dx: np.ndarray, spec: MetricSpec, reference: np
     dS = abs(e_out - e_in) / min(x.shape)
     t_in, t_out, t_d = _tme(x, spec), _tme(y, spec), _tme(dx, spec)
     mix_s, mix_d = t_out - t_in, t_d - t_in
-    return {"erank_in": e_in, "erank_out": e_out, "dS": dS, "dD": dD, "rid": dS + dD, "rank": float(r),
+    return {"erank_in": e_in, "erank_out": e_out, "dS": dS, "dD": dD, "rid": dS + dD, "projector_rank": float(r),
             "tme_in": t_in, "tme_out": t_out, "tme_delta": t_d, "mixig_state": mix_s, "mixig_delta": mix_d,
             "mixig": mix_s if spec.mixig_on == "states" else mix_d}
 
@@ -186,7 +186,7 @@ def single_update(repeats: int) -> dict:
                 "cpu_ratio_median": t["update_metrics"]["cpu"]["median"] / t["plain"]["cpu"]["median"],
                 "cpu_ratio_min": t["update_metrics"]["cpu"]["min"] / t["plain"]["cpu"]["min"],
                 "wall_ratio_median": t["update_metrics"]["wall"]["median"] / t["plain"]["wall"]["median"],
-                "max_abs_diff": diff, "max_abs_diff_all": max(diff.values()), "rank": ref["rank"], "dD": ref["dD"]}
+                "max_abs_diff": diff, "max_abs_diff_all": max(diff.values()), "projector_rank": ref["projector_rank"], "dD": ref["dD"]}
     return out
 
 

@@ -19,13 +19,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lostattn.costs import capture_overhead, peak_memory, sap_overhead  # noqa: E402
+from lostattn.harness.costs import capture_overhead, peak_memory, sap_overhead  # noqa: E402
 from lostattn.tasks.synthetic import SyntheticBenchmark  # noqa: E402
-from lostattn.evaluate import throughput  # noqa: E402
-from lostattn.metrics import update_metrics  # noqa: E402
+from lostattn.harness.evaluate import throughput  # noqa: E402
+from lostattn.residual.metrics import update_metrics  # noqa: E402
 from lostattn.models.adapters import Adapter  # noqa: E402
 from lostattn.models.loader import LoadedModel, load_model  # noqa: E402
-from lostattn.prompts import prepare_inputs  # noqa: E402
+from lostattn.models.prompts import prepare_inputs  # noqa: E402
 from lostattn.provenance import provenance  # noqa: E402
 
 

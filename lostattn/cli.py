@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def _layers(text: str | None):
-    from .sap import parse_layers
+    from lostattn.sap.replace import parse_layers
 
     try:
         return parse_layers(text)
@@ -47,7 +47,7 @@ def _broken_weight_file(folder: Path) -> str | None:
 
 def load_model_for(a):
     """The model named by --model on --device in --dtype; a checkpoint that cannot be read is a one-line error."""
-    from .models.loader import load_model, resolve
+    from lostattn.models.loader import load_model, resolve
 
     try:
         return load_model(a.model, a.device, a.dtype)
@@ -63,16 +63,16 @@ def load_model_for(a):
 
 
 def cmd_train(a) -> int:
-    from .models.loader import EMBEDDED_DIR
-    from .train import TrainConfig, train_embedded
+    from lostattn.models.loader import EMBEDDED_DIR
+    from lostattn.models.train import TrainConfig, train_embedded
 
     out = Path(a.out or EMBEDDED_DIR)
     given = {k: getattr(a, k) for k in ("seed", "epochs", "threads") if getattr(a, k) is not None}
     train_embedded(out, TrainConfig(**given))
     print(f"saved the embedded model to {out}")
     if not a.no_eval:
-        from .models.loader import load_model
-        from .report import embedded_test_report
+        from lostattn.models.loader import load_model
+        from lostattn.paper.tables import embedded_test_report
 
         print(embedded_test_report(load_model(str(out)), out / "test_accuracy.csv").to_string(index=False))
     return 0
@@ -84,7 +84,7 @@ SAP_OPTIONS = ("lam", "head_min", "head_max", "queries", "layers")
 
 def _check_sap_options(a) -> None:
     """Refuse SAP options without --sap-mode, an unknown mode and an inverted head window, before anything loads."""
-    from .guidance import MODES
+    from lostattn.sap.distributions import MODES
 
     given = [k for k in SAP_OPTIONS if getattr(a, k) is not None]
     if not a.sap_mode:
@@ -113,10 +113,10 @@ def _sap_config(a, protocol):
 
 
 def cmd_eval(a) -> int:
-    from . import distributed
-    from .evaluate import RunSpec, evaluate, summarize
-    from .provenance import data_identity
-    from .tasks.loaders import load_benchmark
+    from lostattn.harness import distributed
+    from lostattn.harness.evaluate import RunSpec, evaluate, summarize
+    from lostattn.provenance import data_identity
+    from lostattn.tasks.loaders import load_benchmark
 
     _check_sap_options(a)
     world = distributed.init(a.device)
@@ -143,12 +143,12 @@ def cmd_eval(a) -> int:
 
 
 def cmd_analyze(a) -> int:
-    from . import distributed
-    from .analysis import layer_curves, table1
-    from .analysis_harness import analyze_run
-    from .metrics import MetricSpec
-    from .provenance import data_identity
-    from .tasks.loaders import load_benchmark
+    from lostattn.harness import distributed
+    from lostattn.residual.analysis import layer_curves, table1
+    from lostattn.harness.analyze import analyze_run
+    from lostattn.residual.metrics import MetricSpec
+    from lostattn.provenance import data_identity
+    from lostattn.tasks.loaders import load_benchmark
 
     spec = MetricSpec.named(a.metric_spec, a.rank_rule, a.rank_value)
     scopes = tuple(x.strip() for x in a.scope.split(",") if x.strip())
@@ -178,20 +178,20 @@ def cmd_analyze(a) -> int:
 
 
 def cmd_reproduce(a) -> int:
-    from .reproduce import reproduce
+    from lostattn.pipeline.reproduce import reproduce
 
     return reproduce(profile=a.profile, only=a.only, force=a.force, config=a.config, build_book=not a.no_book,
                      plan_only=a.plan, cell=a.cell, model=a.model, benchmark=a.benchmark)
 
 
 def cmd_aggregate(a) -> int:
-    from .aggregate import print_tables
+    from lostattn.paper.aggregate import print_tables
 
     return print_tables(a.profile, a.config, out_dir=a.out)
 
 
 def cmd_book(a) -> int:
-    from .book import build_book
+    from lostattn.pipeline.book import build_book
 
     return build_book(a.profile)
 
@@ -343,7 +343,7 @@ def _run(a) -> int:
         return a.fn(a)
     import torch
 
-    from . import distributed
+    from lostattn.harness import distributed
 
     world = distributed.init(a.device)
     a.device = world.device

@@ -32,7 +32,7 @@ def _version(name: str) -> str:
 
 def provenance(seed: int | None = None, **extra) -> dict:
     """A dict to store beside (or inside) every result: package versions, python, seed, commit, UTC time."""
-    from . import __version__
+    from lostattn import __version__
 
     rec = {
         "lostattn": __version__,

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from lostattn import aggregate as ag
-from lostattn import reproduce as rp
-from lostattn.display import table
+from lostattn.paper import aggregate as ag
+from lostattn.pipeline import folders, plan as planning, profiles
+from lostattn.pages.display import table
 from lostattn.provenance import REPO_ROOT
 
 MODELS = [{"name": "tiny-a", "path": "/models/a"}, {"name": "Qwen2.5-VL-3B-Instruct", "path": "/models/qwen"},
@@ -41,7 +41,7 @@ def matrix(tmp_path):
         "models": MODELS, "benchmarks": [{"name": "synthetic"}, {"name": "pope", "data": "/data/pope"}],
         "conditions": ["gaussian_noise"], "run": ["10_table1_rid_mixig", "20_table2_sap", "30_paper_tables"]}))
     results = tmp_path / "results"
-    cells = {(c.model, c.benchmark, c.notebook): c for c in rp.plan(rp.load_profile("m", cfg), results)}
+    cells = {(c.model, c.benchmark, c.notebook): c for c in planning.plan(profiles.load_profile("m", cfg), results)}
 
     def write(model, bench, nb, df, name, **meta):
         c = cells[model, bench, nb]
@@ -56,7 +56,7 @@ def matrix(tmp_path):
     write("Qwen2.5-VL-3B-Instruct", "synthetic", "10_table1_rid_mixig", t1(0.1, 10), "table1")
     # a failed run's leftovers are not used
     failed = write("Qwen2.5-VL-3B-Instruct", "pope", "10_table1_rid_mixig", t1(9.0, 10), "table1")
-    (failed.out_dir / rp.MARKER).write_text(json.dumps({"written_by": "lostattn", "state": "failed"}))
+    (failed.out_dir / folders.MARKER).write_text(json.dumps({"written_by": "lostattn", "state": "failed"}))
 
     syn = [("exist", 4, 100.0, c) for c in ("vanilla", "blind", "gaussian_noise")]
     syn += [("mc", 4, 50.0, "vanilla"), ("mc", 4, 25.0, "blind"), ("mc", 4, 75.0, "gaussian_noise")]

@@ -1,6 +1,6 @@
 """The HTML book as a reader gets it: built offline from executed notebooks, no path of the building machine on any
 page, papermill's injected parameters cell gone, code collapsed, MathJax and every script loaded once, no download
-or fullscreen button, the book's stylesheet linked, and the verdict box and tables of lostattn.display rendered.
+or fullscreen button, the book's stylesheet linked, and the verdict box and tables of lostattn.pages.display rendered.
 
 The build runs on a copy of book/ in a temporary folder, from fixture notebooks shaped as papermill writes them
 (a few seconds), and, when `lostattn reproduce` has made results/tiny/, from the real executed notebooks too."""
@@ -17,14 +17,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lostattn import book
+from lostattn.pipeline import book
 from lostattn.provenance import REPO_ROOT
-from lostattn.reproduce import NOTEBOOKS, RESULTS_DIR
+from lostattn.pipeline.profiles import NOTEBOOKS, RESULTS_DIR
 
 bs4 = pytest.importorskip("bs4")
 pytest.importorskip("jupyter_book")
 
-# The markup lostattn.verdicts emits (a text/markdown output); the book must render it as an admonition.
+# The markup lostattn.paper.verdicts emits (a text/markdown output); the book must render it as an admonition.
 VERDICT = """:::{admonition} Verdict: what this run shows
 :class: verdict
 
@@ -65,7 +65,7 @@ def _png(width: int, height: int) -> str:
 def _executed_notebook(name: str, tmp: Path, math: bool) -> dict:
     """A notebook as papermill leaves it, with outputs carrying the machine's paths in every place they occur and
     a table and a verdict box as the notebooks show them."""
-    from lostattn.display import run_summary_markdown, table
+    from lostattn.pages.display import run_summary_markdown, table
 
     out_dir = f"{tmp}/results/{name}"
     wide = pd.DataFrame({f"column {i}": [0.1234 * i, 12345.0] for i in range(14)}).assign(family=["count", "ocr"])

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from lostattn.analysis import layer_curves, residual_metrics, rope_baseline, table1
-from lostattn.capture import ResidualCapture, no_rope, token_masks
-from lostattn.controls import control, noise_delta, noise_ffn, noise_qkv
-from lostattn.metrics import MetricSpec, RankRule, update_metrics
-from lostattn.prompts import prepare_inputs
+from lostattn.residual.analysis import layer_curves, residual_metrics, rope_baseline, table1
+from lostattn.residual.capture import ResidualCapture, no_rope, token_masks
+from lostattn.residual.controls import control, noise_delta, noise_ffn, noise_qkv
+from lostattn.residual.metrics import MetricSpec, RankRule, update_metrics
+from lostattn.models.prompts import prepare_inputs
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_rows_equal_the_metrics_of_the_captured_states(lm, samples, inputs):
                 row = rows[(rows["sample"] == samples[b].id) & (rows.layer == layer) & (rows.scope == scope)
                            & (rows.module == module)].iloc[0]
                 assert row["n_tokens"] == int(idx.sum())
-                for k in ("rid", "dS", "dD", "mixig", "mixig_delta", "erank_in", "rank"):
+                for k in ("rid", "dS", "dD", "mixig", "mixig_delta", "erank_in", "projector_rank"):
                     assert row[k] == pytest.approx(float(m[k]), rel=1e-9, abs=1e-12), (spec.name, module, k)
 
 
@@ -302,7 +302,7 @@ def test_no_rope_changes_outputs_and_eps_rope(lm, inputs, samples):
 def test_metric_rows_do_not_depend_on_the_batch(lm, samples):
     """Every condition's rows of a sample are the same whichever samples it is batched with (Noise Δ is drawn per
     sample; the weight noise is the same for every batch), up to the float rounding of padded batches."""
-    from lostattn.analysis import residual_metrics
+    from lostattn.residual.analysis import residual_metrics
 
     few = samples[:5]
     keys = ["sample", "layer", "condition", "module", "scope"]

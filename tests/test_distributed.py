@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 
-from lostattn import runner
+from lostattn.harness import runner
 
 
 
@@ -46,7 +46,7 @@ def test_two_ranks_write_each_sample_once_with_the_replies_of_one_process(tmp_pa
     head2, b = _records(two)
     assert head1["run"] == head2["run"]
     assert len(b) == 18 and b["id"].is_unique and list(b["id"]) == list(a["id"])  # every sample once, in order
-    assert sorted(b["rank"].unique()) == [0, 1] and (a["rank"] == 0).all()
+    assert sorted(b["process_rank"].unique()) == [0, 1] and (a["process_rank"] == 0).all()
     assert b["reply"].tolist() == a["reply"].tolist()
     assert not list(tmp_path.glob("two.rank*"))  # the part files were merged and removed
 
@@ -57,7 +57,7 @@ def test_a_killed_distributed_run_resumes_per_rank(tmp_path):
     ref = tmp_path / "ref.jsonl"
     assert _torchrun([*EVAL, "--out", str(ref)], tmp_path).returncode == 0
     head, recs = _records(ref)
-    rank1 = recs[recs["rank"] == 1]
+    rank1 = recs[recs["process_rank"] == 1]
     out = tmp_path / "run.jsonl"
     part = runner.part_path(out, 1)
     kept = [dict(rank1.iloc[0]), dict(rank1.iloc[1])]
@@ -97,10 +97,12 @@ def test_analyze_over_two_ranks_matches_one_process(tmp_path):
     b = pd.read_csv(tmp_path / "two" / "residual_metrics.csv")
     keys = ["sample", "layer", "condition", "module", "scope"]
     assert len(a) == len(b) and not b.duplicated(keys).any()
-    assert sorted(b["rank"].unique()) == [0, 1] and (a["rank"] == 0).all()
+    assert sorted(b["process_rank"].unique()) == [0, 1] and (a["process_rank"] == 0).all()
+    # the projector rank r of P_C, P_R survives beside the process rank: at least 1, the same in both runs
+    assert (a["projector_rank"] >= 1).all() and (b["projector_rank"] >= 1).all()
     m = a.merge(b, on=keys, suffixes=("_1", "_2"))
     assert len(m) == len(a)
-    for col in ("rid", "dS", "dD", "mixig"):
+    for col in ("rid", "dS", "dD", "mixig", "projector_rank"):
         assert (m[f"{col}_1"] - m[f"{col}_2"]).abs().max() < 1e-5, col
     _, recs = _records(tmp_path / "two" / "records.jsonl")
     assert recs["id"].is_unique and len(recs) == 6

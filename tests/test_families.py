@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lostattn.models.loader import load_model
-from lostattn.prompts import prepare_inputs
+from lostattn.models.prompts import prepare_inputs
 from lostattn.tasks.synthetic import SyntheticBenchmark
 
 from conftest import FAMILIES
@@ -66,8 +66,8 @@ def test_visual_span_is_where_the_model_places_image_features(family, family_lm,
 # ---- SAP on every family ------------------------------------------------------------------------------------------
 from PIL import Image  # noqa: E402
 
-from lostattn.guidance import MODES, make_guidance, token_scores  # noqa: E402
-from lostattn.sap import SAPConfig, sap  # noqa: E402
+from lostattn.sap.distributions import MODES, make_guidance, token_scores  # noqa: E402
+from lostattn.sap.replace import SAPConfig, sap  # noqa: E402
 from lostattn.tasks.types import VQASample  # noqa: E402
 
 
@@ -211,7 +211,7 @@ def test_qwen_vis_enc_attn_matches_a_direct_computation(family, family_lm, shape
 
 
 # ---- residual capture on every family -------------------------------------------------------------------------------
-from lostattn.capture import ResidualCapture  # noqa: E402
+from lostattn.residual.capture import ResidualCapture  # noqa: E402
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -27,7 +27,7 @@ def test_eval_official_protocol_with_sap_on_every_family(family, checkpoints, tm
         head, recs = _records(out)
         assert len(recs) == 6 and recs["id"].is_unique  # one sample per synthetic family
         assert head["run"]["protocol"]["name"] == "official" and head["run"]["protocol"]["family"] == family
-        assert (recs["rank"] == 0).all() and recs["with_image"].all()
+        assert (recs["process_rank"] == 0).all() and recs["with_image"].all()
         if mode != "vanilla":
             sap_cfg = head["run"]["sap"]
             assert sap_cfg["mode"] == mode and sap_cfg["vis_layer"] == "last" and sap_cfg["precision"] == "model"

@@ -5,7 +5,7 @@ import json
 
 import yaml
 
-from lostattn import reproduce as rp
+from lostattn.pipeline import plan as planning, profiles, reproduce as rp
 
 from conftest import FAMILIES
 
@@ -36,11 +36,11 @@ def test_every_notebook_runs_on_every_family(tmp_path, checkpoints, monkeypatch,
     }
     cfg = tmp_path / "families.yaml"
     cfg.write_text(yaml.safe_dump(profile, sort_keys=False))
-    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
     rc = rp.reproduce("families", config=str(cfg), build_book=False)
     log = capsys.readouterr()
     assert rc == 0, log.out[-4000:] + log.err[-4000:]
-    cells = rp.plan(rp.load_profile("families", cfg))
+    cells = planning.plan(profiles.load_profile("families", cfg))
     assert len(cells) == len(FAMILIES) * len(NOTEBOOKS)
     for c in cells:
         outs = list(_outputs(c.out_nb))

@@ -3,9 +3,9 @@ import dataclasses
 
 import pytest
 
-from lostattn.generation import generate_replies
-from lostattn.protocols import get_protocol
-from lostattn.sap import SAPConfig
+from lostattn.inference.generation import generate_replies
+from lostattn.inference.protocols import get_protocol
+from lostattn.sap.replace import SAPConfig
 from lostattn.tasks.synthetic import SyntheticBenchmark
 
 

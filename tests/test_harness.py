@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from lostattn.cli import main as cli
-from lostattn.evaluate import RunSpec, evaluate, summarize
-from lostattn.sap import SAPConfig
+from lostattn.harness.evaluate import RunSpec, evaluate, summarize
+from lostattn.sap.replace import SAPConfig
 
 
 def test_resume_skips_finished_samples_and_loses_nothing(lm, samples, tmp_path, monkeypatch):
@@ -18,7 +18,7 @@ def test_resume_skips_finished_samples_and_loses_nothing(lm, samples, tmp_path, 
     with out.open("a") as f:
         f.write('{"id": "cut')
     calls = []
-    import lostattn.evaluate as ev
+    import lostattn.harness.evaluate as ev
 
     real = ev.generate_replies
     monkeypatch.setattr(ev, "generate_replies",

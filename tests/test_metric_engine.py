@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lostattn.metrics import (FLOAT64_EPS, MetricSpec, RankRule, State, Stream, erank, rid, sym_gram,
+from lostattn.residual.metrics import (FLOAT64_EPS, MetricSpec, RankRule, State, Stream, erank, rid, sym_gram,
                               update_metrics)
 
 SPECS = (MetricSpec.official(), MetricSpec.paper_text())
@@ -54,7 +54,7 @@ def test_tokens_and_dimensions_swap(spec):
     x, d = _residual_like(2, 18, 30, 2), 0.3 * _residual_like(2, 18, 30, 3)
     a = update_metrics(x, d, spec)
     b = update_metrics(x.transpose(-1, -2), d.transpose(-1, -2), spec)
-    for k in ("erank_in", "erank_out", "dS", "dD", "rank"):
+    for k in ("erank_in", "erank_out", "dS", "dD", "projector_rank"):
         torch.testing.assert_close(a[k], b[k], rtol=1e-10, atol=1e-12)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lostattn.metrics import MetricSpec, update_metrics
+from lostattn.residual.metrics import MetricSpec, update_metrics
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -64,7 +64,7 @@ def reference_metrics(x, dx, preset, reference=None):
     dD = math.hypot(r_col, r_row) if p["combine"] == "l2" else (r_col + r_row) / 2
     dS = abs(_erank(s_new) - _erank(s)) / min(x.shape)
     t = {k: _tme(v, p["alpha"], p["rows"], p["normalize"]) for k, v in (("in", x), ("out", y), ("delta", dx))}
-    return {"erank_in": _erank(s), "erank_out": _erank(s_new), "dS": dS, "dD": dD, "rid": dS + dD, "rank": r,
+    return {"erank_in": _erank(s), "erank_out": _erank(s_new), "dS": dS, "dD": dD, "rid": dS + dD, "projector_rank": r,
             "tme_in": t["in"], "tme_out": t["out"], "tme_delta": t["delta"], "mixig": t["out"] - t["in"],
             "mixig_state": t["out"] - t["in"], "mixig_delta": t["delta"] - t["in"]}
 

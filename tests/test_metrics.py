@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lostattn.metrics import (FLOAT32_EPS, MetricSpec, RankRule, Stream, as_spec, erank, mixig, rid, tme,
+from lostattn.residual.metrics import (FLOAT32_EPS, MetricSpec, RankRule, Stream, as_spec, erank, mixig, rid, tme,
                               update_metrics)
 
 TEXT = MetricSpec.paper_text()
@@ -157,7 +157,7 @@ def test_update_metrics_agrees_with_parts():
         torch.testing.assert_close(m["tme_delta"], tme(d, spec))
         torch.testing.assert_close(m["mixig_delta"], tme(d, spec) - tme(x, spec))
         torch.testing.assert_close(m["erank_out"], erank(x + d))
-        assert set(m) >= {"dS", "dD", "rid", "mixig", "erank_in", "erank_out", "tme_in", "rank"}
+        assert set(m) >= {"dS", "dD", "rid", "mixig", "erank_in", "erank_out", "tme_in", "projector_rank"}
 
 
 # --- MetricSpec -----------------------------------------------------------------------------------------------------

@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from lostattn.evaluate import generate_batch
+from lostattn.harness.evaluate import generate_batch
 from lostattn.models.adapters import Adapter
 from lostattn.models.loader import EMBEDDED_DIR, load_model
-from lostattn.prompts import prepare_inputs
+from lostattn.models.prompts import prepare_inputs
 
 
 def test_embedded_loads_as_a_real_llava(lm):
@@ -81,8 +81,8 @@ def test_committed_model_is_above_chance_in_every_family(lm, tmp_path):
     from math import comb
 
     from lostattn.tasks.synthetic import CHANCE, FAMILIES, SyntheticBenchmark
-    from lostattn.evaluate import RunSpec
-    from lostattn.report import accuracy_report
+    from lostattn.harness.evaluate import RunSpec
+    from lostattn.paper.tables import accuracy_report
 
     samples = SyntheticBenchmark().samples("test")
     table, _ = accuracy_report(lm, samples, tmp_path / "records.jsonl", RunSpec(model="embedded", benchmark="synthetic"),

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from lostattn.models.adapters import OFFICIAL_RECIPES
-from lostattn.prompts import chat_prompt, prepare_inputs
-from lostattn.protocols import (OFFICIAL_MAX_NEW_TOKENS, THINK_INSTRUCTION, SeededSampler, get_protocol,
+from lostattn.models.prompts import chat_prompt, prepare_inputs
+from lostattn.inference.protocols import (OFFICIAL_MAX_NEW_TOKENS, THINK_INSTRUCTION, SeededSampler, get_protocol,
                                 official_layers)
-from lostattn.sap import SAPConfig, empty_head_window, head_scores, mix_scores, sap
+from lostattn.sap.replace import SAPConfig, empty_head_window, head_scores, mix_scores, sap
 from lostattn.tasks.synthetic import MC_SUFFIX, SyntheticBenchmark
 
 from conftest import FAMILIES
@@ -64,7 +64,7 @@ def test_onevision_official_is_a_loud_no_op(family_lm):
         ref = lm.model(**inputs).logits
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            import lostattn.sap as sap_mod
+            import lostattn.sap.replace as sap_mod
             sap_mod._WARNED.clear()
             with sap(lm, cfg, inputs) as st:
                 st.keep_heads = True
@@ -136,7 +136,7 @@ def test_seeded_sampler_draws_from_the_distribution_and_is_per_sample():
 
 @pytest.mark.parametrize("family", ["llava", "llava_onevision"])
 def test_official_sampling_is_reproducible_and_batch_invariant(family, family_lm):
-    from lostattn.generation import generate_replies
+    from lostattn.inference.generation import generate_replies
 
     lm = family_lm(family)
     p = get_protocol(lm, "official", max_new_tokens=6)

@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from lostattn import notebook
+from lostattn.pages import setup as notebook
 
 
 def test_within_tolerance_passes_and_outside_fails(tmp_path, monkeypatch):

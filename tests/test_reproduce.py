@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lostattn import reproduce as rp
+from lostattn.pipeline import execute, folders, keys, plan as planning, profiles, reproduce as rp
 from lostattn.provenance import REPO_ROOT
 
 
@@ -42,10 +42,10 @@ def write_profile(tmp_path, data: dict, name="matrix.yaml") -> Path:
 
 # ---- the tiny profile --------------------------------------------------------------------------------------------
 def test_tiny_is_a_one_by_one_matrix_that_lands_where_the_book_reads(tmp_path, monkeypatch):
-    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path)
-    cells = rp.plan(rp.load_profile("tiny"))
-    assert [c.notebook for c in cells] == list(rp.NOTEBOOKS)
-    assert [c.number for c in cells] == list(range(1, len(rp.NOTEBOOKS) + 1))
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path)
+    cells = planning.plan(profiles.load_profile("tiny"))
+    assert [c.notebook for c in cells] == list(profiles.NOTEBOOKS)
+    assert [c.number for c in cells] == list(range(1, len(profiles.NOTEBOOKS) + 1))
     for c in cells:
         assert c.book and c.out_nb == tmp_path / "tiny" / "notebooks" / f"{c.notebook}.ipynb"
         assert c.out_dir == tmp_path / "tiny" / c.notebook
@@ -55,7 +55,7 @@ def test_tiny_is_a_one_by_one_matrix_that_lands_where_the_book_reads(tmp_path, m
 
 
 def test_unchanged_cells_are_skipped_and_force_reruns(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path)
     calls = []
     monkeypatch.setattr(rp, "run_notebook", fake_run(calls))
     assert rp.reproduce("tiny", only="11_layer_curves", build_book=False) == 0
@@ -68,23 +68,23 @@ def test_unchanged_cells_are_skipped_and_force_reruns(tmp_path, monkeypatch, cap
 
 
 def test_the_cache_key_follows_parameters_inputs_and_code(tmp_path, monkeypatch):
-    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path)
-    cell = rp.plan(rp.load_profile("tiny"))[1]
-    key = rp.cache_key(cell)
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path)
+    cell = planning.plan(profiles.load_profile("tiny"))[1]
+    key = keys.cache_key(cell)
     cell.params["seed"] = 1
-    assert rp.cache_key(cell) != key
+    assert keys.cache_key(cell) != key
     cell.params["seed"] = 0
-    assert rp.cache_key(cell) == key
+    assert keys.cache_key(cell) == key
     data = tmp_path / "bench.jsonl"
     data.write_text("a\n")
     cell.params["data"] = str(data)
-    with_data = rp.cache_key(cell)
+    with_data = keys.cache_key(cell)
     data.write_text("b\n")  # same path, other bytes: the file's fingerprint enters the key
-    assert rp.cache_key(cell) != with_data
+    assert keys.cache_key(cell) != with_data
 
 
 def test_a_failing_cell_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path)
     calls = []
     monkeypatch.setattr(rp, "run_notebook", fake_run(calls, fail=("11_layer_curves", "21_sap_sweeps")))
     assert rp.reproduce("tiny", build_book=True) == 1  # failures: the book is not built
@@ -95,7 +95,7 @@ def test_a_failing_cell_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
     assert f"partly executed notebook: {nb / '11_layer_curves.ipynb'}" in err
     assert "rerun it alone: lostattn reproduce --profile tiny --cell 3" in err
     assert (nb / "12_token_scope.cachekey").is_file() and not (nb / "11_layer_curves.cachekey").exists()
-    assert rp.read_marker(tmp_path / "tiny" / "11_layer_curves")["state"] == "failed"
+    assert folders.read_marker(tmp_path / "tiny" / "11_layer_curves")["state"] == "failed"
     calls.clear()
     monkeypatch.setattr(rp, "run_notebook", fake_run(calls))
     assert rp.reproduce("tiny", build_book=False) == 0
@@ -118,10 +118,10 @@ def matrix_data(**extra) -> dict:
 
 
 def test_matrix_plan_cells_and_filters(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
     cfg = write_profile(tmp_path, matrix_data(book={"model": "Qwen2.5-VL-3B-Instruct", "benchmark": "pope"}))
-    prof = rp.load_profile("mx", cfg)
-    cells = rp.plan(prof)
+    prof = profiles.load_profile("mx", cfg)
+    cells = planning.plan(prof)
     # per model: 01 once (first benchmark), then 10 and 20 per benchmark; the aggregated tables last
     assert len(cells) == 3 * (1 + 2 * 2) + 1
     assert [(c.model, c.benchmark, c.notebook) for c in cells[:5]] == [
@@ -134,7 +134,7 @@ def test_matrix_plan_cells_and_filters(tmp_path, monkeypatch, capsys):
     assert q20.book and q20.out_dir == tmp_path / "results" / "mx" / "20_table2_sap"
     assert q20.params["model"] == "/models/qwen-3b" and q20.params["data"] == "/data/pope.jsonl"
     assert q20.params["modes"] == ["gaussian_noise"] and q20.params["samples_per_family"] == 4
-    if "model_name" in rp.notebook_parameters("20_table2_sap"):
+    if "model_name" in profiles.notebook_parameters("20_table2_sap"):
         assert q20.params["model_name"] == "Qwen2.5-VL-3B-Instruct"
     e10 = by["embedded", "synthetic", "10_table1_rid_mixig"]
     assert not e10.book and e10.out_dir == tmp_path / "results" / "mx" / "cells" / "embedded" / "synthetic" / \
@@ -142,18 +142,18 @@ def test_matrix_plan_cells_and_filters(tmp_path, monkeypatch, capsys):
     assert e10.params["samples_per_family"] == 1, "the notebook's section wins over the benchmark's entry"
     assert "modes" not in e10.params, "a parameter reaches only the notebooks that declare it"
     ocean = by["Ocean-R1-7B", "pope", "20_table2_sap"]
-    if "reasoning" in rp.notebook_parameters("20_table2_sap"):
+    if "reasoning" in profiles.notebook_parameters("20_table2_sap"):
         assert ocean.params["reasoning"] is True and "reasoning" not in q20.params
     assert len({c.out_dir for c in cells}) == len(cells)
 
-    assert [c.number for c in rp.select(cells, model="ocean-r1-7b")] == [c.number for c in cells
+    assert [c.number for c in planning.select(cells, model="ocean-r1-7b")] == [c.number for c in cells
                                                                          if c.model == "Ocean-R1-7B"] + [16]
-    assert {c.benchmark for c in rp.select(cells, benchmark="POPE") if not c.once} == {"pope"}
-    assert [c.number for c in rp.select(cells, cell=6)] == [6]
+    assert {c.benchmark for c in planning.select(cells, benchmark="POPE") if not c.once} == {"pope"}
+    assert [c.number for c in planning.select(cells, cell=6)] == [6]
     with pytest.raises(ValueError, match=r"not a model of the profile; did you mean 'Ocean-R1-7B'"):
-        rp.select(cells, model="Ocean-R1")
+        planning.select(cells, model="Ocean-R1")
     with pytest.raises(ValueError, match="numbered 1 to 16"):
-        rp.select(cells, cell=17)
+        planning.select(cells, cell=17)
 
     assert rp.reproduce("mx", config=str(cfg), plan_only=True) == 0
     out = capsys.readouterr().out
@@ -164,7 +164,7 @@ def test_matrix_plan_cells_and_filters(tmp_path, monkeypatch, capsys):
 
 
 def test_cell_runs_one_and_filters_leave_the_rest(tmp_path, monkeypatch):
-    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
     cfg = write_profile(tmp_path, matrix_data(models=[{"name": "embedded"}]))
     calls = []
     monkeypatch.setattr(rp, "run_notebook", fake_run(calls))
@@ -173,12 +173,12 @@ def test_cell_runs_one_and_filters_leave_the_rest(tmp_path, monkeypatch):
     assert calls == [1, 2, 3, 6]
     assert rp.reproduce("mx", config=str(cfg), cell=4, build_book=False) == 1
     assert calls == [1, 2, 3, 6]
-    assert rp.read_marker(rp.plan(rp.load_profile("mx", cfg))[3].out_dir) is None
+    assert folders.read_marker(planning.plan(profiles.load_profile("mx", cfg))[3].out_dir) is None
 
 
 # ---- output folders ----------------------------------------------------------------------------------------------
 def test_an_out_dir_holding_foreign_files_is_refused_and_left_alone(tmp_path, monkeypatch):
-    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
     mine = tmp_path / "my_results"
     (mine / "drafts").mkdir(parents=True)
     (mine / "thesis.tex").write_text("years of work")
@@ -196,14 +196,14 @@ def test_an_out_dir_holding_foreign_files_is_refused_and_left_alone(tmp_path, mo
 
 
 def test_only_the_projects_files_are_removed_when_a_cell_starts_afresh(tmp_path, monkeypatch):
-    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
     out = tmp_path / "out"
     data = {"notebooks": {"11_layer_curves": {"out_dir": str(out)}}, "run": ["11_layer_curves"]}
     cfg = write_profile(tmp_path, data)
     calls = []
     monkeypatch.setattr(rp, "run_notebook", fake_run(calls))
     assert rp.reproduce("mine", config=str(cfg), build_book=False) == 0
-    assert rp.read_marker(out)["files"] == ["table.csv"] and rp.read_marker(out)["state"] == "done"
+    assert folders.read_marker(out)["files"] == ["table.csv"] and folders.read_marker(out)["state"] == "done"
 
     # a file put there after a finished run is not the project's: a fresh start is refused
     (out / "notes.txt").write_text("mine")
@@ -215,9 +215,9 @@ def test_only_the_projects_files_are_removed_when_a_cell_starts_afresh(tmp_path,
     (out / "notes.txt").unlink()
 
     # a run killed before it listed its files: what it wrote after it started is the project's, older files not
-    marker = rp.read_marker(out)
+    marker = folders.read_marker(out)
     marker.update(state="running", run_started=time.time() - 60)
-    (out / rp.MARKER).write_text(json.dumps(marker))
+    (out / folders.MARKER).write_text(json.dumps(marker))
     (out / "sub").mkdir()
     (out / "sub" / "partial.jsonl").write_text("{}\n")
     old = out / "old.txt"
@@ -227,12 +227,12 @@ def test_only_the_projects_files_are_removed_when_a_cell_starts_afresh(tmp_path,
         rp.reproduce("mine", config=str(cfg), build_book=False)
     old.unlink()
     assert rp.reproduce("mine", config=str(cfg), build_book=False) == 0
-    assert sorted(p.name for p in out.iterdir()) == [rp.MARKER, "table.csv"], "partial.jsonl and sub/ removed"
-    assert rp.read_marker(out)["files"] == ["table.csv"] and calls == [1, 1]
+    assert sorted(p.name for p in out.iterdir()) == [folders.MARKER, "table.csv"], "partial.jsonl and sub/ removed"
+    assert folders.read_marker(out)["files"] == ["table.csv"] and calls == [1, 1]
 
 
 def test_a_folder_left_by_an_earlier_version_is_taken_over(tmp_path, monkeypatch):
-    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path)
     legacy = tmp_path / "tiny" / "11_layer_curves"
     legacy.mkdir(parents=True)
     (legacy / ".runkey").write_text("an old key")
@@ -240,13 +240,13 @@ def test_a_folder_left_by_an_earlier_version_is_taken_over(tmp_path, monkeypatch
     calls = []
     monkeypatch.setattr(rp, "run_notebook", fake_run(calls))
     assert rp.reproduce("tiny", only="11_layer_curves", build_book=False) == 0
-    assert sorted(p.name for p in legacy.iterdir()) == [rp.MARKER, "table.csv"]
+    assert sorted(p.name for p in legacy.iterdir()) == [folders.MARKER, "table.csv"]
 
 
 # ---- profile checks ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["../../..", "a/b", ".hidden", "", "tiny/../x"])
 def test_profile_names_must_be_plain(name, tmp_path, monkeypatch):
-    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
     cfg = write_profile(tmp_path, {})
     with pytest.raises(ValueError, match="not a plain name"):
         rp.reproduce(name, config=str(cfg), build_book=False)
@@ -264,7 +264,7 @@ def test_profile_names_must_be_plain(name, tmp_path, monkeypatch):
 def test_unknown_keys_are_refused_with_the_closest_parameter(tmp_path, data, where, wrong, right):
     cfg = write_profile(tmp_path, data)
     with pytest.raises(ValueError, match=rf"{where}.*{wrong!r}.*did you mean {right!r}"):
-        rp.load_profile("x", cfg)
+        profiles.load_profile("x", cfg)
 
 
 def test_unknown_notebooks_models_and_benchmarks_are_refused(tmp_path):
@@ -275,49 +275,47 @@ def test_unknown_notebooks_models_and_benchmarks_are_refused(tmp_path):
                         ({"common": {"out_dir": "x"}}, "'out_dir' is set by reproduce"),
                         ({"notebooks": {"10_table1_rid_mixig": {"over": "modle"}}}, "is not an axis")]:
         with pytest.raises(ValueError, match=match):
-            rp.load_profile("x", write_profile(tmp_path, data))
+            profiles.load_profile("x", write_profile(tmp_path, data))
 
 
 def test_parameters_are_read_from_the_notebooks_themselves(tmp_path, monkeypatch):
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
-    for n in rp.NOTEBOOKS:
-        nb = json.loads((rp.NOTEBOOK_DIR / f"{n}.ipynb").read_text())
+    for n in profiles.NOTEBOOKS:
+        nb = json.loads((profiles.NOTEBOOK_DIR / f"{n}.ipynb").read_text())
         if n == "10_table1_rid_mixig":
             cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
             cell["source"] = "".join(cell["source"]) + "\nnew_knob = 1\nlow, high = 0.0, 1.0\n"
         (nbs / f"{n}.ipynb").write_text(json.dumps(nb))
-    from lostattn import profiles
 
-    monkeypatch.setattr(rp, "NOTEBOOK_DIR", nbs)
     monkeypatch.setattr(profiles, "NOTEBOOK_DIR", nbs)
     cfg = write_profile(tmp_path, {"notebooks": {"10_table1_rid_mixig": {"new_knob": 2, "high": 0.5}}})
-    cell = next(c for c in rp.plan(rp.load_profile("x", cfg)) if c.notebook == "10_table1_rid_mixig")
+    cell = next(c for c in planning.plan(profiles.load_profile("x", cfg)) if c.notebook == "10_table1_rid_mixig")
     assert cell.params["new_knob"] == 2 and cell.params["high"] == 0.5
     with pytest.raises(ValueError, match="new_knob"):
-        rp.load_profile("x", write_profile(tmp_path, {"notebooks": {"11_layer_curves": {"new_knob": 2}}}))
+        profiles.load_profile("x", write_profile(tmp_path, {"notebooks": {"11_layer_curves": {"new_knob": 2}}}))
 
 
 def test_malformed_yaml_is_named_with_its_file_and_line(tmp_path):
     cfg = tmp_path / "broken.yaml"
     cfg.write_text("common:\n  seed: 1\n  device: [cpu\nmodels:\n  - name: embedded\n")
     with pytest.raises(ValueError) as e:
-        rp.load_profile("x", cfg)
+        profiles.load_profile("x", cfg)
     msg = str(e.value)
     assert str(cfg) in msg and re.search(r"line [3-5], column \d+", msg) and "\n" not in msg
     cfg.write_text("- just\n- a list\n")
     with pytest.raises(ValueError, match="the file must be a mapping"):
-        rp.load_profile("x", cfg)
+        profiles.load_profile("x", cfg)
 
 
 def test_a_profile_of_the_earlier_layout_still_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(rp, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
     cfg = write_profile(tmp_path, {
         "common": {"model": "/models/llava-1.5-7b-hf", "device": "cuda", "check_reference": False},
         "notebooks": {"10_table1_rid_mixig": {"benchmark": "vmcbench", "data": "/data/vmcbench/test.tsv"},
                       "20_table2_sap": {"benchmark": "pope", "data": "/data/pope/coco_pope_random.jsonl"}}})
-    cells = {c.notebook: c for c in rp.plan(rp.load_profile("paper", cfg))}
-    assert len(cells) == len(rp.NOTEBOOKS)
+    cells = {c.notebook: c for c in planning.plan(profiles.load_profile("paper", cfg))}
+    assert len(cells) == len(profiles.NOTEBOOKS)
     assert cells["10_table1_rid_mixig"].model == "llava-1.5-7b-hf"
     assert cells["10_table1_rid_mixig"].params["model"] == "/models/llava-1.5-7b-hf"
     assert (cells["20_table2_sap"].benchmark, cells["20_table2_sap"].params["data"]) == \
@@ -327,9 +325,9 @@ def test_a_profile_of_the_earlier_layout_still_runs(tmp_path, monkeypatch):
 
 
 def test_the_paper_profile_is_the_papers_matrix():
-    from lostattn.report import paper_table
+    from lostattn.paper.tables import paper_table
 
-    prof = rp.load_profile("paper")
+    prof = profiles.load_profile("paper")
     names = [m["name"] for m in prof.models]
     assert names == ["llava-1.5-7b-hf", "llava-v1.6-vicuna-7b-hf", "llava-onevision-qwen2-7b-ov-hf",
                      "Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL-7B-Instruct", "Ocean-R1-7B"]
@@ -337,7 +335,7 @@ def test_the_paper_profile_is_the_papers_matrix():
     assert [b["name"] for b in prof.benchmarks] == ["pope", "3dsrbench", "realworldqa", "mmmu", "vmcbench",
                                                     "mathvista", "hallusionbench"]
     assert [m.get("reasoning", False) for m in prof.models] == [False] * 5 + [True]
-    cells = rp.plan(prof)
+    cells = planning.plan(prof)
     assert sum(c.notebook == "20_table2_sap" for c in cells) == 6 * 7
     assert sum(c.notebook == "01_embedded_model" for c in cells) == 6
     assert [c for c in cells if c.book and c.notebook == "20_table2_sap"][0].model == "Qwen2.5-VL-3B-Instruct"
@@ -351,7 +349,7 @@ def test_a_line_per_code_cell_and_encrypted_kernels():
 
     out = io.StringIO()
     done = []
-    p = rp.CellProgress(out, on_cell_done=lambda: done.append(1))
+    p = execute.NotebookProgress(out, on_cell_done=lambda: done.append(1))
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_markdown_cell("# a section"),
@@ -368,7 +366,7 @@ def test_a_line_per_code_cell_and_encrypted_kernels():
     import zmq
 
     if zmq.has("curve"):
-        assert rp._kernel_config().KernelManager.transport_encryption == "auto"
+        assert execute._kernel_config().KernelManager.transport_encryption == "auto"
 
 
 # ---- end to end: a small matrix on CPU, killed and resumed ---------------------------------------------------------
@@ -386,8 +384,8 @@ def _pope_fixture(folder: Path) -> Path:
     return path
 
 
-_RUN = ("import sys; from pathlib import Path; from lostattn import reproduce as rp; "
-        "rp.RESULTS_DIR = Path(sys.argv[1]); "
+_RUN = ("import sys; from pathlib import Path; from lostattn.pipeline import execute, folders, keys, plan as planning, profiles, reproduce as rp; "
+        "profiles.RESULTS_DIR = Path(sys.argv[1]); "
         "sys.exit(rp.reproduce('matrix', config=sys.argv[2], build_book=False, only=sys.argv[3] or None, "
         "benchmark=sys.argv[4] or None))")
 
@@ -445,9 +443,9 @@ def _records(out_dir: Path) -> list[Path]:
 
 
 def test_a_matrix_runs_end_to_end_and_resumes_after_a_kill(tmp_path, checkpoints, monkeypatch):
-    from lostattn import aggregate as ag
+    from lostattn.paper import aggregate as ag
 
-    nb20 = rp.notebook_parameters("20_table2_sap")
+    nb20 = profiles.notebook_parameters("20_table2_sap")
     quick = {k: v for k, v in {"protocol": "controlled", "compare_protocols": False, "max_new_tokens": 2}.items()
              if k in nb20}  # the notebook's own fast settings, where it has them
     data = {"common": {"device": "cpu", "dtype": "float32", "seed": 0, "check_reference": False, "batch_size": 4},
@@ -461,8 +459,8 @@ def test_a_matrix_runs_end_to_end_and_resumes_after_a_kill(tmp_path, checkpoints
             "notebooks": {"10_table1_rid_mixig": {"samples_per_family": 1}, "20_table2_sap": quick}}
     cfg = write_profile(tmp_path, data)
     results = tmp_path / "results"
-    monkeypatch.setattr(rp, "RESULTS_DIR", results)
-    cells = rp.plan(rp.load_profile("matrix", cfg))
+    monkeypatch.setattr(profiles, "RESULTS_DIR", results)
+    cells = planning.plan(profiles.load_profile("matrix", cfg))
     assert len(cells) == 3 * 2 * 2 + 1
     sap_cells = [c for c in cells if c.notebook == "20_table2_sap"]
 
@@ -482,7 +480,7 @@ def test_a_matrix_runs_end_to_end_and_resumes_after_a_kill(tmp_path, checkpoints
     assert "without encryption" not in err, "the kernel's TCP warning reached the terminal"
     kept = {f.name: _complete_lines(f) for f in _records(victim.out_dir)}
     finished = {c.number: c.out_nb.stat().st_mtime_ns for c in cells if c.key_file.is_file()}
-    assert victim.number not in finished and rp.read_marker(victim.out_dir)["state"] == "running"
+    assert victim.number not in finished and folders.read_marker(victim.out_dir)["state"] == "running"
 
     # 2. resumed by two processes at once, one per benchmark (as cluster tasks would), without the tables page
     workers = [_start(results, cfg, "10_table1_rid_mixig,20_table2_sap", b) for b in ("synthetic", "pope")]
@@ -518,8 +516,8 @@ def test_a_matrix_runs_end_to_end_and_resumes_after_a_kill(tmp_path, checkpoints
 
     # 4. the interrupted cell's tables equal those of an uninterrupted run of it
     fresh = tmp_path / "fresh"
-    monkeypatch.setattr(rp, "RESULTS_DIR", fresh)
+    monkeypatch.setattr(profiles, "RESULTS_DIR", fresh)
     assert rp.reproduce("matrix", config=str(cfg), cell=victim.number, build_book=False) == 0
-    again = rp.plan(rp.load_profile("matrix", cfg))[victim.number - 1]
+    again = planning.plan(profiles.load_profile("matrix", cfg))[victim.number - 1]
     pd.testing.assert_frame_equal(pd.read_csv(victim.out_dir / "table2_scores.csv"),
                                   pd.read_csv(again.out_dir / "table2_scores.csv"))

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lostattn import records
+from lostattn.harness import records
 from lostattn.cli import main as cli
-from lostattn.evaluate import RunSpec, evaluate
-from lostattn.sap import SAPConfig
+from lostattn.harness.evaluate import RunSpec, evaluate
+from lostattn.sap.replace import SAPConfig
 
 SPEC = RunSpec(model="embedded", benchmark="synthetic")
 

@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from lostattn.evaluate import generate_batch
-from lostattn.prompts import prepare_inputs
-from lostattn.guidance import dirichlet_ones, patch_complexity
+from lostattn.harness.evaluate import generate_batch
+from lostattn.models.prompts import prepare_inputs
+from lostattn.sap.distributions import dirichlet_ones, patch_complexity
 from lostattn.models.layouts import split_patches
-from lostattn.sap import SAPConfig, mix_scores, sap
+from lostattn.sap.replace import SAPConfig, mix_scores, sap
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from lostattn.tasks.synthetic import SyntheticConfig
 from lostattn.models.embedded import EmbeddedArch
 from lostattn.models.loader import load_model
-from lostattn.train import TrainConfig, train_embedded
+from lostattn.models.train import TrainConfig, train_embedded
 
 TINY = SyntheticConfig(images={"train": 24, "validation": 4, "test": 8})
 ARCH = EmbeddedArch(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=2,
@@ -35,7 +35,7 @@ def test_training_is_deterministic_and_writes_everything(tmp_path):
 def test_cached_vision_features_give_the_same_logits_as_pixel_values():
     from lostattn.tasks.synthetic import SyntheticBenchmark
     from lostattn.models.embedded import build_embedded
-    from lostattn.train import _collate, embed_with_image, encode_split, vision_features
+    from lostattn.models.train import _collate, embed_with_image, encode_split, vision_features
 
     bench = SyntheticBenchmark(TINY)
     model, proc = build_embedded(bench, ARCH)
@@ -51,7 +51,7 @@ def test_cached_vision_features_give_the_same_logits_as_pixel_values():
 
 
 def test_length_bucketed_batches_cover_every_sample_once_and_cut_padding():
-    from lostattn.train import batch_order
+    from lostattn.models.train import batch_order
 
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(5, 60, (1000,), generator=g).tolist()

@@ -1,7 +1,7 @@
 """The verdict boxes follow the numbers: each claim holds or fails on constructed tables where the answer is known."""
 import pandas as pd
 
-from lostattn.verdicts import (FAILS, HOLDS, UNTESTED, accuracy_claims, layer_claims, scope_claims, sweep_claims,
+from lostattn.paper.verdicts import (FAILS, HOLDS, UNTESTED, accuracy_claims, layer_claims, scope_claims, sweep_claims,
                                table1_claims, table2_claims, verdict_markdown)
 
 

@@ -104,7 +104,7 @@ class Adapter:
     @property
     def layout(self):
         """How this family's images become visual tokens (lostattn.models.layouts)."""
-        from .layouts import LAYOUTS
+        from lostattn.models.layouts import LAYOUTS
 
         return LAYOUTS[self.spec.layout]
 

@@ -2,7 +2,7 @@
 
 `build_embedded(bench)` returns an untrained `LlavaForConditionalGeneration` (CLIP vision tower, Llama decoder with
 grouped-query attention and RoPE) and its `LlavaProcessor` (a word-level tokenizer made with `tokenizers` from the
-benchmark's own text, and a `CLIPImageProcessor`). `lostattn.train` trains it; the result is saved with
+benchmark's own text, and a `CLIPImageProcessor`). `lostattn.models.train` trains it; the result is saved with
 `save_pretrained` under `data/embedded_model/` and loaded back with `from_pretrained`, like any hub checkpoint.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
                           LlavaProcessor, PreTrainedTokenizerFast)
 
-from ..tasks.synthetic import AUX_FAMILIES, FAMILIES, SPLITS, SyntheticBenchmark
+from lostattn.tasks.synthetic import AUX_FAMILIES, FAMILIES, SPLITS, SyntheticBenchmark
 
 try:  # the PIL image processor needs no torchvision (there is no CPU torchvision build)
     from transformers import CLIPImageProcessorPil as _ImageProcessor

@@ -10,9 +10,9 @@ import torch
 import transformers
 from transformers import AutoConfig
 
-from .adapters import FAMILIES, Adapter, supported_text
-from ..provenance import hash_file
-from .embedded import EMBEDDED_NAME
+from lostattn.models.adapters import FAMILIES, Adapter, supported_text
+from lostattn.provenance import hash_file
+from lostattn.models.embedded import EMBEDDED_NAME
 
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "data" / "embedded_model"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -235,7 +235,7 @@ def _processor(family: str, config, tok, size: str):
 
 
 def _image_only(proc_cls):
-    from .loader import image_only_processor_class
+    from lostattn.models.loader import image_only_processor_class
 
     return image_only_processor_class(proc_cls)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .types import BenchmarkDataError, MissingImageError
+from lostattn.tasks.types import BenchmarkDataError, MissingImageError
 
 # Leading bytes of the formats the public benchmark files use (PNG, JPEG, GIF, BMP, WebP, TIFF, JPEG 2000).
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",

@@ -68,10 +68,10 @@ import ast
 import re
 from pathlib import Path
 
-from .registry import REGISTRY, Benchmark, Record, display_name, formats_table, get_benchmark, register
-from .scoring import normalize
-from .synthetic import MC_SUFFIX, SyntheticBenchmark, SyntheticConfig
-from .types import VQASample
+from lostattn.tasks.registry import REGISTRY, Benchmark, Record, display_name, formats_table, get_benchmark, register
+from lostattn.tasks.scoring import normalize
+from lostattn.tasks.synthetic import MC_SUFFIX, SyntheticBenchmark, SyntheticConfig
+from lostattn.tasks.types import VQASample
 
 SHORT = "Answer the question using a single word or phrase."
 MMMU_MC_SUFFIX = "Answer with the option's letter from the given choices directly."

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .images import FileImage, file_image, resolve_image
-from .sources import Table, read_table
-from .types import ANSWER_KINDS, BenchmarkDataError, MissingImageError, VQASample
+from lostattn.tasks.images import FileImage, file_image, resolve_image
+from lostattn.tasks.sources import Table, read_table
+from lostattn.tasks.types import ANSWER_KINDS, BenchmarkDataError, MissingImageError, VQASample
 
 _MISSING = object()
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .images import ArrowCell
-from .types import BenchmarkDataError
+from lostattn.tasks.images import ArrowCell
+from lostattn.tasks.types import BenchmarkDataError
 
 _SHARD = re.compile(r"^(?P<split>.+?)(?:-\d{5}-of-\d{5}(?:-[0-9a-f]+)?)?\.parquet$")
 _TEXT_SUFFIXES = (".json", ".jsonl", ".tsv", ".csv")

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .glyphs import CHARACTERS, glyph_mask
-from .types import VQASample
+from lostattn.tasks.glyphs import CHARACTERS, glyph_mask
+from lostattn.tasks.types import VQASample
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 50, 50),

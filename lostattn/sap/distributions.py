@@ -19,7 +19,7 @@ import hashlib
 
 import torch
 
-from .models.layouts import resized_raw_patches
+from lostattn.models.layouts import resized_raw_patches
 
 MODES = ("gaussian_noise", "uniform", "key", "vis_enc_attn", "complexity")
 

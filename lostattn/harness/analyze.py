@@ -1,5 +1,5 @@
 """`lostattn analyze` over a benchmark: the metrics of every sample, resumable and data parallel through the same
-runner as `lostattn eval` (`lostattn.runner`): one record per sample holding its metric rows and its eps_RoPE rows,
+runner as `lostattn eval` (`lostattn.harness.runner`): one record per sample holding its metric rows and its eps_RoPE rows,
 keyed by every input that changes them."""
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import distributed, runner
-from .analysis import CONDITIONS, residual_metrics, rope_baseline
-from .metrics import as_spec
-from .provenance import provenance
+from lostattn.harness import distributed
+
+from lostattn.harness import runner
+from lostattn.residual.analysis import CONDITIONS, residual_metrics, rope_baseline
+from lostattn.residual.metrics import as_spec
+from lostattn.provenance import provenance
 
 
 def analyze_key(lm, spec, scopes, layers, conditions, controls, seed, batch_size, model, benchmark, data,
@@ -25,7 +27,8 @@ def analyze_run(lm, samples, out_file: str | Path, spec=None, scopes=("all",), l
                 controls: str | None = None, batch_size: int = 8, seed: int = 0, model: str = "", benchmark: str = "",
                 data: str | None = None, split: str = "test", world: distributed.World | None = None,
                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(metric rows, eps_RoPE rows) of every sample, each row naming the `rank` that computed it; finished samples
+    """(metric rows, eps_RoPE rows) of every sample, each row naming the `process_rank` that computed it (its
+    `projector_rank` is r, the rank of the projectors P_C, P_R); finished samples
     are read back from `out_file`, the others computed and appended batch by batch."""
     spec = as_spec(spec)
     key = analyze_key(lm, spec, scopes, layers, conditions, controls, seed, batch_size, model, benchmark, data, split)
@@ -40,6 +43,6 @@ def analyze_run(lm, samples, out_file: str | Path, spec=None, scopes=("all",), l
 
     done = runner.run(out_file, key, samples, work, provenance(seed=seed), batch_size, world, progress,
                       desc=f"analyze {benchmark}")
-    metrics = pd.DataFrame([{**row, "rank": rec["rank"]} for rec in done.values() for row in rec["metrics"]])
-    eps = pd.DataFrame([{**row, "rank": rec["rank"]} for rec in done.values() for row in rec["eps_rope"]])
+    metrics = pd.DataFrame([{**row, "process_rank": rec.get("process_rank", 0)} for rec in done.values() for row in rec["metrics"]])
+    eps = pd.DataFrame([{**row, "process_rank": rec.get("process_rank", 0)} for rec in done.values() for row in rec["eps_rope"]])
     return metrics, eps

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluate import RunSpec, evaluate
-from .provenance import REPO_ROOT, data_identity, provenance
-from .sap import SAPConfig
-from .tasks.registry import get_benchmark
-from .tasks.scoring import summarize
-from .tasks.synthetic import CHANCE, SyntheticBenchmark
+from lostattn.harness.evaluate import RunSpec, evaluate
+from lostattn.provenance import REPO_ROOT, data_identity, provenance
+from lostattn.sap.replace import SAPConfig
+from lostattn.tasks.registry import get_benchmark
+from lostattn.tasks.scoring import summarize
+from lostattn.tasks.synthetic import CHANCE, SyntheticBenchmark
 
 PAPER_DIR = REPO_ROOT / "data" / "paper"
 ALL = "all families"  # the row of a benchmark's overall score (n-weighted over its families)
@@ -185,8 +185,8 @@ SHAPES = ("circle", "square", "triangle")
 def question_probe(lm, n_images: int = 6, split: str = "test") -> pd.DataFrame:
     """The same synthetic images asked for the colour of each shape in turn: one row per image (its objects and the
     reply for each shape asked). A model that binds the question to the image answers differently per shape."""
-    from .evaluate import generate_batch
-    from .tasks.types import VQASample
+    from lostattn.harness.evaluate import generate_batch
+    from lostattn.tasks.types import VQASample
 
     bench = SyntheticBenchmark()
     probe = [VQASample(id=f"probe-{i}-{shape}", question=f"What colour is the {shape}? Answer with one word.",
@@ -205,7 +205,7 @@ def question_probe(lm, n_images: int = 6, split: str = "test") -> pd.DataFrame:
 
 def probe_claim(probe: pd.DataFrame):
     """Whether the replies depend on the shape asked: images whose three answers are not all the same."""
-    from .verdicts import _claim
+    from lostattn.paper.verdicts import _claim
 
     answers = probe[[c for c in probe.columns if c.startswith("colour of")]]
     varied = int((answers.nunique(axis=1) > 1).sum())

@@ -6,8 +6,8 @@ import statistics
 import time
 import torch
 
-from .capture import ResidualCapture
-from .sap import SAPConfig, sap
+from lostattn.residual.capture import ResidualCapture
+from lostattn.sap.replace import SAPConfig, sap
 
 
 def _sync(device) -> None:

@@ -497,11 +497,11 @@ def _rid(ref: State, out: State, dr: State, spec: MetricSpec) -> dict[str, torch
     er_in, er_out = ref.erank(), out.erank()
     dS = (er_out - er_in).abs() / ref.m
     dD = _combine(a, b, spec.dd_combine)
-    return {"erank_in": er_in, "erank_out": er_out, "dS": dS, "dD": dD, "rid": dS + dD, "rank": r}
+    return {"erank_in": er_in, "erank_out": er_out, "dS": dS, "dD": dD, "rid": dS + dD, "projector_rank": r}
 
 
 def state_rid(ref: State, out: State, spec=None) -> dict[str, torch.Tensor]:
-    """RID of the state out against the state ref (equal shapes): dS, dD, rid, rank, erank_in, erank_out, each
+    """RID of the state out against the state ref (equal shapes): dS, dD, rid, projector_rank, erank_in, erank_out, each
     (...)."""
     spec = as_spec(spec)
     m = _rid(ref, out, State(out.x - ref.x, ref.dtype), spec)
@@ -512,13 +512,13 @@ def measure(ref: State, x: State, x_new: State, delta: State, spec: MetricSpec,
             delta_ref: State | None = None) -> dict[str, torch.Tensor]:
     """Every metric of the update delta = x_new - x, its RID against the state ref (x itself, or the layer input
     for the official FFN; then delta_ref = x_new - ref). Keys (each (...)): erank_in = eRank(X_ref),
-    erank_out = eRank(X'), dS, dD, rid, rank (r of X_ref), tme_in = TME(X), tme_out = TME(X'), tme_delta = TME(dX),
+    erank_out = eRank(X'), dS, dD, rid, projector_rank (r of X_ref), tme_in = TME(X), tme_out = TME(X'), tme_delta = TME(dX),
     mixig_state = TME(X') - TME(X), mixig_delta = TME(dX) - TME(X), mixig (the one `spec.mixig_on` names)."""
     out = _rid(ref, x_new, delta if delta_ref is None else delta_ref, spec)
     t_in, t_out, t_d = x.spec_tme(spec), x_new.spec_tme(spec), delta.spec_tme(spec)
     out.update(tme_in=t_in, tme_out=t_out, tme_delta=t_d, mixig_state=t_out - t_in, mixig_delta=t_d - t_in)
     out["mixig"] = out["mixig_state"] if spec.mixig_on == "states" else out["mixig_delta"]
-    out["rank"] = out["rank"].to(ref.dtype)
+    out["projector_rank"] = out["projector_rank"].to(ref.dtype)
     return {k: ref.unflatten(v) for k, v in out.items()}
 
 
@@ -550,7 +550,7 @@ def rid(x: torch.Tensor, x_new: torch.Tensor, spec=None, dtype: torch.dtype = to
         raise ValueError(f"rid needs equal shapes, got {tuple(x.shape)} and {tuple(x_new.shape)}")
     spec = as_spec(spec)
     m = state_rid(State(x, dtype, basis=True), State(x_new, dtype), spec)
-    return RID(dS=m["dS"], dD=m["dD"], rank=m["rank"], erank_in=m["erank_in"], erank_out=m["erank_out"])
+    return RID(dS=m["dS"], dD=m["dD"], rank=m["projector_rank"], erank_in=m["erank_in"], erank_out=m["erank_out"])
 
 
 def tme(x: torch.Tensor, spec=None, dtype: torch.dtype = torch.float64) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The paper's tables over a profile's whole matrix: Table 1 per model and its mean over models, Table 2 as model ×
 benchmark × condition, each beside the paper's values where the paper reports them.
 
-The inputs are the cells' outputs, found through the profile's plan (`lostattn.reproduce.plan`): notebook 10's
+The inputs are the cells' outputs, found through the profile's plan (`lostattn.pipeline.reproduce.plan`): notebook 10's
 table1.csv (module, RID, dS, dD, MixIG, ..., n) and notebook 20's table2_scores.csv (family, n, accuracy, f1,
 yes_ratio, condition), each with its .meta.json sidecar. A cell without outputs, or whose last run failed or was
 interrupted, stays missing (NaN, shown as —); nothing is filled in.
@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .provenance import REPO_ROOT, provenance
-from .reproduce import Cell, load_profile, plan, read_marker
+from lostattn.provenance import REPO_ROOT, provenance
+from lostattn.pipeline.folders import read_marker
+from lostattn.pipeline.plan import MatrixCell, plan
+from lostattn.pipeline.profiles import load_profile
 
 TABLE1 = ("10_table1_rid_mixig", "table1.csv")  # (notebook, file) each cell writes
 TABLE2 = ("20_table2_sap", "table2_scores.csv")
@@ -49,7 +51,7 @@ class Matrix:
 
 def output_folder(out_dir: str | Path) -> Path:
     """Where the aggregated tables are written: `out_dir` (relative to the repository), or under LOSTATTN_OUT_ROOT
-    when the test suite sets it, as `lostattn.notebook.start` does."""
+    when the test suite sets it, as `lostattn.pages.setup.start` does."""
     out = Path(out_dir)
     if os.environ.get("LOSTATTN_OUT_ROOT"):
         out = Path(os.environ["LOSTATTN_OUT_ROOT"]) / out.name
@@ -75,7 +77,7 @@ def _meta(table: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def cell_state(cell: Cell, file: str) -> str:
+def cell_state(cell: MatrixCell, file: str) -> str:
     """Whether a cell's `file` can be used: 'done' (written by a finished run), 'not run', 'running or
     interrupted', 'failed', or 'other run' (its sidecar names another model or benchmark)."""
     path = cell.out_dir / file
@@ -181,7 +183,7 @@ def table1_per_model(m: Matrix) -> pd.DataFrame:
 def table1_mean(m: Matrix) -> pd.DataFrame:
     """Table 1 as the paper prints it: per module the mean over models (each model alike, those with a value),
     how many models it averages, and the paper's values beside."""
-    from .report import paper_eps_rope, paper_table
+    from lostattn.paper.tables import paper_eps_rope, paper_table
 
     per = table1_per_model(m)
     metrics = table1_metrics(m)
@@ -218,8 +220,8 @@ def table2_scores(m: Matrix) -> pd.DataFrame:
     """Model × benchmark × condition: the n-weighted accuracy (%) over the benchmark's families and its n, the
     paper's value beside where it reports one; the synthetic benchmark also family by family, under the paper
     benchmark each family stands for. Every combination of the plan is a row; missing scores are NaN."""
-    from .report import paper_table, weighted_accuracy
-    from .tasks.registry import get_benchmark
+    from lostattn.paper.tables import paper_table, weighted_accuracy
+    from lostattn.tasks.registry import get_benchmark
 
     paper = paper_table("table2").set_index(["model", "benchmark", "condition"])["value"]
     paper = paper[~paper.index.duplicated()]
@@ -287,7 +289,7 @@ def print_tables(profile: str = "tiny", config: str | Path | None = None, result
                  out_dir: str | Path | None = None) -> int:
     """The aggregated tables in a terminal (what notebooks/30_paper_tables shows), written as CSVs to `out_dir`
     when given; returns 0."""
-    from .display import table
+    from lostattn.pages.display import table
 
     # From a command line, relative paths are the caller's (the notebook takes the repository's).
     config, results, out_dir = (Path(p).resolve() if p is not None else None for p in (config, results, out_dir))
@@ -311,9 +313,9 @@ def print_tables(profile: str = "tiny", config: str | Path | None = None, result
 # ---- what the matrix shows -----------------------------------------------------------------------------------------
 def claims(m: Matrix) -> list:
     """The paper's claims tested on the whole matrix: Table 1's orderings on the mean over models (with the mean
-    eps_RoPE), Table 2's on every model × benchmark cell (`lostattn.verdicts`)."""
-    from .report import paper_eps_rope, paper_table
-    from .verdicts import table1_claims, table2_claims
+    eps_RoPE), Table 2's on every model × benchmark cell (`lostattn.paper.verdicts`)."""
+    from lostattn.paper.tables import paper_eps_rope, paper_table
+    from lostattn.paper.verdicts import table1_claims, table2_claims
 
     out = []
     mean = table1_mean(m)

@@ -57,7 +57,7 @@ def noise_delta(lm, layers: list[int] | None = None, seed: int = 0, match: str =
     def draw(d, layer):
         if keys is None:
             return torch.randn(d.shape, generator=gen, dtype=torch.float32)
-        from .guidance import sample_generator
+        from lostattn.sap.distributions import sample_generator
 
         noise = torch.zeros(d.shape, dtype=torch.float32)
         for b, key in enumerate(keys):

@@ -17,8 +17,9 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from .provenance import REPO_ROOT
-from .reproduce import NOTEBOOKS, RESULTS_DIR
+from lostattn.provenance import REPO_ROOT
+from lostattn.pipeline import profiles
+from lostattn.pipeline.profiles import NOTEBOOKS
 
 BOOK_DIR = REPO_ROOT / "book"
 INJECTED_TAG = "injected-parameters"
@@ -157,7 +158,7 @@ def build_book_html(profile: str = "tiny", rebuild: bool = True, book_dir: Path 
     as `prepare_notebook` makes them and build the HTML book, offline and without executing anything; returns
     the exit status (0: built or up to date)."""
     book_dir = Path(book_dir)
-    src = Path(notebooks_dir) if notebooks_dir else RESULTS_DIR / profile / "notebooks"
+    src = Path(notebooks_dir) if notebooks_dir else profiles.RESULTS_DIR / profile / "notebooks"
     dst = book_dir / "executed"
     missing = [n for n in NOTEBOOKS if not (src / f"{n}.ipynb").is_file()]
     if missing:
@@ -176,7 +177,7 @@ def build_book_html(profile: str = "tiny", rebuild: bool = True, book_dir: Path 
         if figs.is_dir():
             shutil.copytree(figs, dst / n, dirs_exist_ok=True)
     (dst / ".profile").write_text(profile)
-    from .book_assets import ensure_mathjax
+    from lostattn.pipeline.book_assets import ensure_mathjax
 
     ensure_mathjax(book_dir)
     cmd = [_jupyter_book(), "build", str(book_dir), "--builder", "html"]

@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 
 import pandas as pd
 
-from .provenance import REPO_ROOT
+from lostattn.provenance import REPO_ROOT
 
 Format = str | Callable[[object], str]
 MISSING = "—"

@@ -8,7 +8,7 @@ Use from a command:
 
     world = distributed.init(device)          # once, before loading the model; returns a `World`
     mine = world.shard(samples)               # this rank's samples (every world_size-th, from rank)
-    ...                                       # work on `mine`, write per-rank output (`lostattn.runner`)
+    ...                                       # work on `mine`, write per-rank output (`lostattn.harness.runner`)
     world.barrier()                           # then rank 0 merges the ranks' files
     distributed.close()
 """

@@ -11,12 +11,12 @@ from contextlib import nullcontext
 
 import torch
 
-from .prompts import load_images, prepare_inputs
-from .protocols import Protocol, get_protocol
+from lostattn.models.prompts import load_images, prepare_inputs
+from lostattn.inference.protocols import Protocol, get_protocol
 
 
 def _generate(lm, samples, protocol: Protocol, sap_cfg, blind: bool, images) -> list[str]:
-    from .sap import sap
+    from lostattn.sap.replace import sap
 
     inputs = prepare_inputs(lm, samples, blind, protocol, images=images)
     keys = [s.id for s in samples]

@@ -56,6 +56,6 @@ def _load_mathjax_once(app, config) -> None:
 
 
 def setup(app):
-    """Sphinx extension (book/_config.yml lists `lostattn.book_assets`)."""
+    """Sphinx extension (book/_config.yml lists `lostattn.pipeline.book_assets`)."""
     app.connect("config-inited", _load_mathjax_once)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -23,7 +23,7 @@ def load_images(samples, blind: bool = False, protocol=None) -> list | None:
     if any(im is None for im in images):
         if not all(im is None for im in images):
             raise ValueError("a batch mixes samples with and without an image; batch them separately "
-                             "(lostattn.evaluate groups samples by image presence)")
+                             "(lostattn.harness.evaluate groups samples by image presence)")
         return None
     return [protocol.prepare_image(im) for im in images] if protocol is not None else images
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .tasks.synthetic import AUX_FAMILIES, FAMILIES, SyntheticBenchmark, SyntheticConfig
-from .models.embedded import EmbeddedArch, build_embedded
-from .prompts import chat_prompt
-from .provenance import provenance
+from lostattn.tasks.synthetic import AUX_FAMILIES, FAMILIES, SyntheticBenchmark, SyntheticConfig
+from lostattn.models.embedded import EmbeddedArch, build_embedded
+from lostattn.models.prompts import chat_prompt
+from lostattn.provenance import provenance
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ class TrainConfig:
 
 def cell_labels(bench: SyntheticBenchmark, split: str) -> torch.Tensor:
     """(N, 5, cells) targets per patch token: colour, shape, size, colour-shape pair, character (0 = none)."""
-    from .tasks.glyphs import CHARACTERS
-    from .tasks.synthetic import COLOURS, SHAPES
+    from lostattn.tasks.glyphs import CHARACTERS
+    from lostattn.tasks.synthetic import COLOURS, SHAPES
 
     g = bench.cfg.grid
     combos = [(c, s) for c in COLOURS for s in SHAPES]

@@ -1,12 +1,12 @@
 """The benchmark harness: batched generation over a benchmark under a protocol, vanilla or with SAP, resumable,
 data parallel.
 
-Each finished sample is appended at once to a JSON-lines results file (`lostattn.records`) whose first line names
+Each finished sample is appended at once to a JSON-lines results file (`lostattn.harness.records`) whose first line names
 the run: `RunSpec.key()`, every input that changes a record. Rerunning with the same file skips the finished
 samples; a file written by a different run is refused rather than mixed; each record carries the digest of its own
 inputs (prompt as rendered, image, answer), checked again on resume. A record never depends on the other samples of
 its batch: samples with and without an image are generated in separate groups. Under torchrun / accelerate each
-rank writes its own part file and rank 0 merges them (`lostattn.distributed`).
+rank writes its own part file and rank 0 merges them (`lostattn.harness.distributed`).
 """
 from __future__ import annotations
 
@@ -21,21 +21,23 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from . import distributed, runner
-from .generation import generate_replies
-from .prompts import chat_prompt
-from .protocols import Protocol, get_protocol
-from .provenance import provenance
-from .sap import SAPConfig
-from .tasks.scoring import extract, is_correct, summarize
-from .tasks.types import VQASample
+from lostattn.harness import distributed
+
+from lostattn.harness import runner
+from lostattn.inference.generation import generate_replies
+from lostattn.models.prompts import chat_prompt
+from lostattn.inference.protocols import Protocol, get_protocol
+from lostattn.provenance import provenance
+from lostattn.sap.replace import SAPConfig
+from lostattn.tasks.scoring import extract, is_correct, summarize
+from lostattn.tasks.types import VQASample
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """What identifies a run: two runs with equal keys can share a results file.
 
-    `protocol` names how the model is prompted and decodes (`lostattn.protocols`: "controlled" or "official");
+    `protocol` names how the model is prompted and decodes (`lostattn.inference.protocols`: "controlled" or "official");
     `max_new_tokens` None takes the protocol's. `data` identifies the benchmark file (`provenance.data_identity`);
     `dtype`, `device`, `weights` and the resolved protocol are read from the loaded model by `bound`."""
 
@@ -106,7 +108,7 @@ def input_digest(lm, sample: VQASample, blind: bool = False, protocol: Protocol 
 def generate_batch(lm, samples: list[VQASample], max_new_tokens: int = 8, sap_cfg: SAPConfig | None = None,
                    blind: bool = False) -> list[str]:
     """Replies for a batch under the controlled protocol (greedy, `max_new_tokens`), vanilla or with SAP; see
-    `lostattn.generation.generate_replies` for any protocol."""
+    `lostattn.inference.generation.generate_replies` for any protocol."""
     return generate_replies(lm, samples, get_protocol(lm, "controlled", max_new_tokens=max_new_tokens), sap_cfg,
                             blind)
 
@@ -134,7 +136,7 @@ def evaluate(lm, samples: list[VQASample], out_file: str | Path, spec: RunSpec, 
              world: distributed.World | None = None) -> pd.DataFrame:
     """Score `samples`, appending per-sample records to `out_file`; returns all records of the run, in the order of
     `samples`. Under a launcher (`world` with several ranks) each rank scores its shard and every rank returns the
-    merged records (`lostattn.runner`)."""
+    merged records (`lostattn.harness.runner`)."""
     if (sap_cfg.to_dict() if sap_cfg else None) != spec.sap:
         raise ValueError("spec.sap must equal sap_cfg.to_dict() (or both be None)")
     runner.refuse_repeated_ids([s.id for s in samples])

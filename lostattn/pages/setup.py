@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .tasks.loaders import load_benchmark
-from .models.loader import load_model
-from .provenance import REPO_ROOT, provenance
+from lostattn.tasks.loaders import load_benchmark
+from lostattn.models.loader import load_model
+from lostattn.provenance import REPO_ROOT, provenance
 
 REFERENCE_DIR = REPO_ROOT / "tests" / "reference"
 
@@ -60,7 +60,7 @@ class Run:
         """The run's parameters in a collapsed box (paths shown without the machine's folders)."""
         from IPython.display import Markdown
 
-        from .display import run_summary_markdown
+        from lostattn.pages.display import run_summary_markdown
 
         m = self.meta
         keys = ["profile", "model", "benchmark", "split", "samples", "device", "dtype", "seed", *self.extra_keys]

@@ -7,7 +7,7 @@ is active. It runs the usual SDPA kernel for the whole layer, then recomputes on
 and never needs eager attention or patched modeling files.
 
 The replacement, as the official code computes it (the per-family settings are `SAPConfig` fields, and
-`lostattn.protocols` holds the official and the controlled presets):
+`lostattn.inference.protocols` holds the official and the controlled presets):
 
 - scores S = scaling * q k^T (after RoPE, before masking) of the chosen query rows;
 - on the chosen heads and visual key columns: S <- (1 - lam) * S + lam * a', with (1 - lam) taken as 0 when lam >= 1;
@@ -37,7 +37,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .guidance import MODES, make_guidance
+from lostattn.sap.distributions import MODES, make_guidance
 
 SAP_ATTN = "lostattn_sap"
 QUERY_SCOPES = ("last", "text")
@@ -51,7 +51,7 @@ COMPLEXITY_SOURCES = ("processed", "raw_resized")
 @dataclass(frozen=True)
 class SAPConfig:
     """SAP parameters. The defaults are the controlled protocol (full replacement, all layers but 0, all heads, last
-    query only, rescaled guidance, seed 42); `lostattn.protocols` builds the official per-family presets."""
+    query only, rescaled guidance, seed 42); `lostattn.inference.protocols` builds the official per-family presets."""
 
     mode: str = "gaussian_noise"
     lam: float = 1.0

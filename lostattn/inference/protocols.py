@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .guidance import sample_generator
-from .sap import SAPConfig, parse_layers
+from lostattn.sap.distributions import sample_generator
+from lostattn.sap.replace import SAPConfig, parse_layers
 
 PROTOCOLS = ("controlled", "official")
 OFFICIAL_MAX_NEW_TOKENS = 1024

@@ -1,5 +1,5 @@
 """Profiles: what a reproduction runs. A profile file (profiles/<name>.yaml, or any file given with --config) lists
-the models, the benchmarks, the SAP conditions and per-notebook settings (`lostattn.reproduce` documents the
+the models, the benchmarks, the SAP conditions and per-notebook settings (`lostattn.pipeline.reproduce` documents the
 format); `load_profile` reads it and refuses, with the file, the key and the fix named, anything it cannot run as
 written: malformed YAML, an unknown key (checked against each notebook's own parameters cell, with the closest
 parameter suggested), a profile name that is not a plain name.
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import yaml
 
-from .provenance import REPO_ROOT
+from lostattn.provenance import REPO_ROOT
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PROFILE_DIR = REPO_ROOT / "profiles"
+RESULTS_DIR = REPO_ROOT / "results"
 # In reading order; each one's outputs go to results/<profile>/<name>/ (the book's cell).
 NOTEBOOKS = (
     "01_embedded_model",
@@ -194,8 +195,8 @@ def load_profile(profile: str = "tiny", config: str | Path | None = None) -> Pro
 
 
 def _normalise_entries(prof: Profile) -> None:
-    from .tasks import loaders  # noqa: F401 - registers the benchmarks
-    from .tasks.registry import get_benchmark
+    from lostattn.tasks import loaders  # noqa: F401 - registers the benchmarks
+    from lostattn.tasks.registry import get_benchmark
 
     names = set()
     for i, m in enumerate(prof.models):

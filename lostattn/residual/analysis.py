@@ -9,7 +9,7 @@ states, as the official code takes them.
   MixIG = TME(X_out) - TME(X_mid);
 - Noise Delta / Noise QKV / Noise FFN: the attention (Delta, QKV) or FFN (FFN) update of a run with that control
   on; under the official controls Noise QKV and Noise FFN redraw the whole model (vision tower included) with seed
-  42, as the official code does, under "ours" only the analysed decoder layers (`lostattn.controls`);
+  42, as the official code does, under "ours" only the analysed decoder layers (`lostattn.residual.controls`);
 - eps_RoPE: RID(X_l^(RoPE) | X_l^(no RoPE)) of each layer's output, same inputs, rotary embeddings on vs off.
 Metrics are computed per sample on the tokens of a scope (all, visual, text; padding never counts), samples with
 equally many tokens batched together, each state's spectrum and TME reused along the stream (`Stream`).
@@ -24,10 +24,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .capture import SCOPES, LayerCapture, ResidualCapture, no_rope, token_masks
-from .controls import CONDITIONS, PRESETS, control
-from .metrics import State, Stream, as_spec, state_rid
-from .prompts import prepare_inputs
+from lostattn.residual.capture import SCOPES, LayerCapture, ResidualCapture, no_rope, token_masks
+from lostattn.residual.controls import CONDITIONS, PRESETS, control
+from lostattn.residual.metrics import State, Stream, as_spec, state_rid
+from lostattn.models.prompts import prepare_inputs
 
 CONDITION_MODULES = {"vanilla": ("attention", "ffn"), "noise_delta": ("attention",), "noise_qkv": ("attention",),
                      "noise_ffn": ("ffn",)}
@@ -113,7 +113,7 @@ def residual_metrics(lm, samples, layers: list[int] | None = None, scopes=("all"
                      conditions=CONDITIONS, batch_size: int = 8, seed: int = 0, progress: bool = True,
                      controls: str | None = None, dtype: torch.dtype = torch.float64,
                      reuse: bool = True) -> pd.DataFrame:
-    """One row per (sample, layer, condition, module, scope): erank_in, erank_out, dS, dD, rid, rank, tme_in,
+    """One row per (sample, layer, condition, module, scope): erank_in, erank_out, dS, dD, rid, projector_rank, tme_in,
     tme_out, tme_delta, mixig_state, mixig_delta, mixig, with n_tokens, spec and controls.
 
     spec: a MetricSpec, "official" / "paper_text", None (official) or a RankRule (the paper-text spec with that

@@ -1,10 +1,10 @@
 """Resumable, sharded runs over a benchmark's samples: the one mechanism behind `lostattn eval` and
 `lostattn analyze`.
 
-A run is a results file (`lostattn.records`: a header naming the run, one record per finished sample) and a
+A run is a results file (`lostattn.harness.records`: a header naming the run, one record per finished sample) and a
 function that turns a batch of samples into their records. `run` skips the samples the file (or, after a
 distributed run, its rank part files) already holds, appends the others batch by batch, and returns every record
-of the run. Under a launcher (`lostattn.distributed`: torchrun, accelerate launch) each rank takes its shard and
+of the run. Under a launcher (`lostattn.harness.distributed`: torchrun, accelerate launch) each rank takes its shard and
 writes its own part file `<stem>.rank<R><suffix>` under its own lock, so a killed run resumes per rank; rank 0 then
 merges the parts into the results file, each sample id once, in the order of the samples, and removes them.
 """
@@ -15,7 +15,9 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from . import distributed, records
+from lostattn.harness import distributed
+
+from lostattn.harness import records
 
 
 def part_path(path: Path, rank: int) -> Path:
@@ -44,7 +46,7 @@ def run(path: str | Path, key: dict, samples: Sequence, work: Callable[[list], l
     """Records of every sample (by id, in the order of `samples`) of the run `key` in `path`.
 
     `work(batch)` returns one record (a dict with the sample's "id") per sample of the batch; the runner adds the
-    "rank" that produced it. `check(path, done)` may refuse finished records (e.g. made from other inputs)."""
+    "process_rank" that produced it. `check(path, done)` may refuse finished records (e.g. made from other inputs)."""
     path = Path(path)
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -68,7 +70,7 @@ def run(path: str | Path, key: dict, samples: Sequence, work: Callable[[list], l
             for a in range(0, len(todo), batch_size):
                 batch = todo[a:a + batch_size]
                 recs = work(batch)
-                out.append([{**r, "rank": world.rank} for r in recs])
+                out.append([{**r, "process_rank": world.rank} for r in recs])
                 bar.update(len(batch))
         bar.close()
     world.barrier()

@@ -84,7 +84,7 @@ def _pts(v: float) -> str:
 def table1_claims(t1: pd.DataFrame, eps: float, paper: pd.DataFrame | None = None,
                   paper_eps: float | None = None) -> list[Claim]:
     """The claims of Table 1 from this run's module-level means `t1` (columns module, RID, MixIG; rows labelled as
-    in `lostattn.analysis.TABLE1_ROWS`) and eps_RoPE; `paper` (module, RID, MixIG) adds the reported values."""
+    in `lostattn.residual.analysis.TABLE1_ROWS`) and eps_RoPE; `paper` (module, RID, MixIG) adds the reported values."""
     run = t1.set_index("module")
     rep = paper.set_index("module") if paper is not None else None
 
@@ -118,7 +118,7 @@ def table1_claims(t1: pd.DataFrame, eps: float, paper: pd.DataFrame | None = Non
 
 
 def layer_claims(curves: pd.DataFrame, scope: str = "all") -> list[Claim]:
-    """Table 1's ordering layer by layer, from `lostattn.analysis.layer_curves` (vanilla condition)."""
+    """Table 1's ordering layer by layer, from `lostattn.residual.analysis.layer_curves` (vanilla condition)."""
     v = curves[(curves["condition"] == "vanilla") & (curves["scope"] == scope)]
     a = v[v["module"] == "attention"].set_index("layer")
     f = v[v["module"] == "ffn"].set_index("layer")
