@@ -114,7 +114,7 @@ def _sap_config(a, protocol):
 
 def cmd_eval(a) -> int:
     from lostattn.harness import distributed
-    from lostattn.harness.evaluate import RunSpec, evaluate, summarize
+    from lostattn.harness.evaluate import EvalSettings, evaluate, summarize
     from lostattn.provenance import data_identity
     from lostattn.tasks.loaders import load_benchmark
 
@@ -122,7 +122,7 @@ def cmd_eval(a) -> int:
     world = distributed.init(a.device)
     samples = load_benchmark(a.benchmark, a.data, split=a.split, limit_per_family=a.limit)
     lm = load_model_for(a)
-    spec = RunSpec(model=a.model, benchmark=a.benchmark, blind=a.blind, max_new_tokens=a.max_new_tokens,
+    spec = EvalSettings(model=a.model, benchmark=a.benchmark, blind=a.blind, max_new_tokens=a.max_new_tokens,
                    seed=a.seed, data=data_identity(a.data), split=a.split, protocol=a.protocol,
                    reasoning=a.reasoning)
     sap_cfg = _sap_config(a, spec.resolve(lm))
@@ -263,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     an.add_argument("--metric-spec", default="official", choices=["official", "paper_text"],
                     help="official: the metrics as the paper's code computes them (sharpened, normalised TME of the "
                          "last token, l2 dD, numerical rank); paper_text: the formulas of the paper's text")
-    an.add_argument("--controls", default=None, choices=["official", "ours"],
+    an.add_argument("--controls", default=None, choices=["official", "decoder_layers"],
                     help="noise controls: official (every q/k/v or MLP module, vision tower included, seed 42 per "
-                         "tensor) or ours (the analysed decoder layers); default: the metric spec's")
+                         "tensor) or decoder_layers (the analysed decoder layers); default: the metric spec's")
     an.add_argument("--rank-rule", default=None, choices=["energy", "tol", "fixed", "numerical"],
                     help="override the spec's rank rule for the projectors (official: numerical; paper_text: "
                          "energy 0.99)")

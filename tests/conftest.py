@@ -23,7 +23,7 @@ def samples():
     return SyntheticBenchmark().samples("test", limit_per_family=2)
 
 
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
+from lostattn.models.random_checkpoints import RANDOM_CHECKPOINT_FAMILIES as FAMILIES  # noqa: E402 - every family the project builds
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Residual capture invariants, the noise controls (official and ours) and the analysis built on them."""
+"""Residual capture invariants, the noise controls (official and decoder_layers) and the analysis built on them."""
 from types import SimpleNamespace
 
 import pandas as pd
@@ -116,9 +116,9 @@ def test_rank_rule_in_place_of_a_spec_is_the_paper_text_spec(lm, samples):
     """The positional call notebooks make: a RankRule where the spec goes means the paper-text formulas."""
     kw = dict(conditions=("vanilla", "noise_qkv"), batch_size=3, seed=0, progress=False)
     old = residual_metrics(lm, samples[:3], [0, 1], ("all",), RankRule("energy", 0.99), **kw)
-    new = residual_metrics(lm, samples[:3], [0, 1], ("all",), spec=MetricSpec.paper_text(), controls="ours", **kw)
+    new = residual_metrics(lm, samples[:3], [0, 1], ("all",), spec=MetricSpec.paper_text(), controls="decoder_layers", **kw)
     pd.testing.assert_frame_equal(old, new)
-    assert set(old["spec"]) == {"paper_text"} and set(old["controls"]) == {"ours"}
+    assert set(old["spec"]) == {"paper_text"} and set(old["controls"]) == {"decoder_layers"}
     tol = residual_metrics(lm, samples[:2], [0], ("all",), RankRule("tol", 1e-3), conditions=("vanilla",),
                            progress=False)
     assert set(tol["spec"]) == {"paper_text[rank=tol:0.001]"}
@@ -145,7 +145,7 @@ def test_noise_delta_matches_row_norms_and_restores(lm, inputs):
 def test_noise_qkv_matches_statistics_and_restores(lm, inputs):
     attn = lm.adapter.attn(1)
     before = {n: p.detach().clone() for n, p in attn.named_parameters()}
-    for preset in ("official", "ours"):
+    for preset in ("official", "decoder_layers"):
         with noise_qkv(lm, layers=[1], seed=0, preset=preset):
             w, w0 = attn.q_proj.weight, before["q_proj.weight"]
             assert not torch.equal(w, w0)
@@ -256,7 +256,7 @@ def test_official_noise_qkv_scope_biases_and_seed(toy):
 def test_ours_noise_qkv_decoder_layers_with_biases(toy):
     m = toy.model
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    with noise_qkv(toy, layers=[0, 2], seed=3, preset="ours"):
+    with noise_qkv(toy, layers=[0, 2], seed=3, preset="decoder_layers"):
         changed = _changed(m, before)
         assert changed == {f"decoder.{i}.self_attn.{a}_proj.{t}" for i in (0, 2) for a in "qkv"
                            for t in ("weight", "bias")}
@@ -274,7 +274,7 @@ def test_noise_ffn_official_and_ours(toy):
         w, w0 = m.decoder[1].mlp.up_proj.weight, before["decoder.1.mlp.up_proj.weight"]
         assert w.mean().item() == pytest.approx(w0.mean().item(), abs=4 * w0.std().item() / w0.numel() ** 0.5)
     assert not _changed(m, before)
-    with noise_ffn(toy, layers=[1], preset="ours"):
+    with noise_ffn(toy, layers=[1], preset="decoder_layers"):
         assert _changed(m, before) == {f"decoder.1.mlp.{a}_proj.{t}" for a in ("gate", "up", "down")
                                        for t in ("weight", "bias")}
     assert not _changed(m, before)
@@ -307,7 +307,7 @@ def test_metric_rows_do_not_depend_on_the_batch(lm, samples):
     few = samples[:5]
     keys = ["sample", "layer", "condition", "module", "scope"]
     cols = ["rid", "dS", "dD", "mixig", "mixig_delta"]
-    for controls in ("official", "ours"):
+    for controls in ("official", "decoder_layers"):
         a = residual_metrics(lm, few, batch_size=1, progress=False, controls=controls).set_index(keys)[cols]
         b = residual_metrics(lm, few, batch_size=4, progress=False, controls=controls).set_index(keys)[cols]
         assert a.index.sort_values().equals(b.index.sort_values())

@@ -5,13 +5,13 @@ import pandas as pd
 import pytest
 
 from lostattn.cli import main as cli
-from lostattn.harness.evaluate import RunSpec, evaluate, summarize
+from lostattn.harness.evaluate import EvalSettings, evaluate, summarize
 from lostattn.sap.replace import SAPConfig
 
 
 def test_resume_skips_finished_samples_and_loses_nothing(lm, samples, tmp_path, monkeypatch):
     out = tmp_path / "run.jsonl"
-    spec = RunSpec(model="embedded", benchmark="synthetic")
+    spec = EvalSettings(model="embedded", benchmark="synthetic")
     first = evaluate(lm, samples[:5], out, spec, batch_size=2, progress=False)
     assert len(first) == 5
     # an interruption mid-write leaves a cut line: it is removed before appending, and that sample is redone
@@ -34,13 +34,13 @@ def test_resume_skips_finished_samples_and_loses_nothing(lm, samples, tmp_path, 
 
 def test_a_different_run_is_refused(lm, samples, tmp_path):
     out = tmp_path / "run.jsonl"
-    evaluate(lm, samples[:1], out, RunSpec(model="embedded", benchmark="synthetic"), progress=False)
+    evaluate(lm, samples[:1], out, EvalSettings(model="embedded", benchmark="synthetic"), progress=False)
     cfg = SAPConfig()
     with pytest.raises(ValueError, match="different run"):
-        evaluate(lm, samples[:1], out, RunSpec(model="embedded", benchmark="synthetic", sap=cfg.to_dict()),
+        evaluate(lm, samples[:1], out, EvalSettings(model="embedded", benchmark="synthetic", sap=cfg.to_dict()),
                  sap_cfg=cfg, progress=False)
     with pytest.raises(ValueError, match="spec.sap"):
-        evaluate(lm, samples[:1], tmp_path / "x.jsonl", RunSpec(model="embedded", benchmark="synthetic"),
+        evaluate(lm, samples[:1], tmp_path / "x.jsonl", EvalSettings(model="embedded", benchmark="synthetic"),
                  sap_cfg=cfg, progress=False)
 
 
@@ -48,7 +48,7 @@ def test_records_of_other_weights_under_the_same_name_are_refused(lm, samples, t
     import dataclasses
 
     out = tmp_path / "run.jsonl"
-    spec = RunSpec(model="embedded", benchmark="synthetic")
+    spec = EvalSettings(model="embedded", benchmark="synthetic")
     evaluate(lm, samples[:1], out, spec, progress=False)
     assert json.loads(out.read_text().splitlines()[0])["run"]["weights"] == lm.fingerprint
     retrained = dataclasses.replace(lm, fingerprint="0" * 16)
@@ -85,7 +85,7 @@ def test_weights_fingerprint_follows_the_weight_bytes(tmp_path):
 
 def test_blind_control_drops_the_image(lm, samples, tmp_path):
     ocr = [s for s in samples if s.family == "ocr"]
-    recs = evaluate(lm, ocr, tmp_path / "blind.jsonl", RunSpec("embedded", "synthetic", blind=True), progress=False)
+    recs = evaluate(lm, ocr, tmp_path / "blind.jsonl", EvalSettings("embedded", "synthetic", blind=True), progress=False)
     assert len(recs) == len(ocr)
     t = summarize(recs)
     assert t.loc[0, "n"] == len(ocr)

@@ -80,16 +80,16 @@ def test_committed_model_is_above_chance_in_every_family(lm, tmp_path):
     least ten points (the figures and tables analyse a model that does the tasks, not one that guesses)."""
     from math import comb
 
-    from lostattn.tasks.synthetic import CHANCE, FAMILIES, SyntheticBenchmark
-    from lostattn.harness.evaluate import RunSpec
+    from lostattn.tasks.synthetic import CHANCE, QUESTION_FAMILIES, SyntheticBenchmark
+    from lostattn.harness.evaluate import EvalSettings
     from lostattn.paper.tables import accuracy_report
 
     samples = SyntheticBenchmark().samples("test")
-    table, _ = accuracy_report(lm, samples, tmp_path / "records.jsonl", RunSpec(model="embedded", benchmark="synthetic"),
+    table, _ = accuracy_report(lm, samples, tmp_path / "records.jsonl", EvalSettings(model="embedded", benchmark="synthetic"),
                                batch_size=128, progress=False)
     table = table.set_index("family")
-    assert set(FAMILIES) <= set(table.index)
-    for fam in FAMILIES:
+    assert set(QUESTION_FAMILIES) <= set(table.index)
+    for fam in QUESTION_FAMILIES:
         n, acc = int(table.loc[fam, "n"]), float(table.loc[fam, "accuracy"])
         k = round(acc * n / 100)
         q = CHANCE[fam] / 100

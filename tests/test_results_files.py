@@ -12,10 +12,10 @@ from PIL import Image
 
 from lostattn.harness import records
 from lostattn.cli import main as cli
-from lostattn.harness.evaluate import RunSpec, evaluate
+from lostattn.harness.evaluate import EvalSettings, evaluate
 from lostattn.sap.replace import SAPConfig
 
-SPEC = RunSpec(model="embedded", benchmark="synthetic")
+SPEC = EvalSettings(model="embedded", benchmark="synthetic")
 
 
 def _lines(path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lostattn.tasks.glyphs import CHARACTERS, glyph_mask
-from lostattn.tasks.synthetic import (AUX_FAMILIES, COLOURS, FAMILIES, SPLITS, SyntheticBenchmark, SyntheticConfig,
+from lostattn.tasks.synthetic import (AUX_QUESTION_FAMILIES, COLOURS, QUESTION_FAMILIES, SPLITS, SyntheticBenchmark, SyntheticConfig,
                                       render)
 
 SMALL = SyntheticConfig(images={"train": 60, "validation": 20, "test": 40})
@@ -17,7 +17,7 @@ def _digest(bench):
     for split in SPLITS:
         for i in range(len(bench.scenes[split])):
             h.update(np.asarray(bench.image(split, i)).tobytes())
-        for s in bench.samples(split, families=FAMILIES + AUX_FAMILIES):
+        for s in bench.samples(split, families=QUESTION_FAMILIES + AUX_QUESTION_FAMILIES):
             h.update(f"{s.id}|{s.question}|{s.answer}".encode())
     return h.hexdigest()
 
@@ -71,7 +71,7 @@ def test_answers_follow_from_the_scene():
 def test_each_family_present_and_exist_balanced():
     samples = SyntheticBenchmark(SMALL).samples("test")
     fams = {s.family for s in samples}
-    assert fams == set(FAMILIES)
+    assert fams == set(QUESTION_FAMILIES)
     exist = [s.answer for s in samples if s.family == "exist"]
     assert exist.count("yes") == exist.count("no")
     subtypes = {s.meta["subtype"] for s in samples if s.family == "exist"}
@@ -81,7 +81,7 @@ def test_each_family_present_and_exist_balanced():
 def test_limit_per_family_and_bad_names():
     b = SyntheticBenchmark(SMALL)
     s = b.samples("test", limit_per_family=3)
-    assert len(s) == 3 * len(FAMILIES)
+    assert len(s) == 3 * len(QUESTION_FAMILIES)
     with pytest.raises(ValueError, match="unknown split"):
         b.samples("dev")
     with pytest.raises(ValueError, match="unknown synthetic families"):
@@ -111,8 +111,8 @@ def test_glyphs_are_distinct():
 def test_locate_answers_follow_from_the_scene_and_leave_the_scored_families_alone():
     b = SyntheticBenchmark(SMALL)
     scored = [(s.id, s.question, s.answer) for s in b.samples("train")]
-    with_aux = b.samples("train", families=FAMILIES + AUX_FAMILIES)
-    assert [(s.id, s.question, s.answer) for s in with_aux if s.family in FAMILIES] == scored
+    with_aux = b.samples("train", families=QUESTION_FAMILIES + AUX_QUESTION_FAMILIES)
+    assert [(s.id, s.question, s.answer) for s in with_aux if s.family in QUESTION_FAMILIES] == scored
     rows, cols = ("top", "middle", "bottom"), ("left", "center", "right")
     locate = [s for s in with_aux if s.family == "locate"]
     assert len(locate) == 2 * SMALL.images["train"]

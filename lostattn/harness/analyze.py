@@ -10,7 +10,7 @@ import pandas as pd
 from lostattn.harness import distributed
 
 from lostattn.harness import runner
-from lostattn.residual.analysis import CONDITIONS, residual_metrics, rope_baseline
+from lostattn.residual.analysis import NOISE_CONDITIONS, residual_metrics, rope_baseline
 from lostattn.residual.metrics import as_spec
 from lostattn.provenance import provenance
 
@@ -23,7 +23,7 @@ def analyze_key(lm, spec, scopes, layers, conditions, controls, seed, batch_size
             "conditions": list(conditions), "seed": seed, "batch_size": batch_size}
 
 
-def analyze_run(lm, samples, out_file: str | Path, spec=None, scopes=("all",), layers=None, conditions=CONDITIONS,
+def analyze_run(lm, samples, out_file: str | Path, spec=None, scopes=("all",), layers=None, conditions=NOISE_CONDITIONS,
                 controls: str | None = None, batch_size: int = 8, seed: int = 0, model: str = "", benchmark: str = "",
                 data: str | None = None, split: str = "test", world: distributed.World | None = None,
                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:

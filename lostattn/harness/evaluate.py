@@ -2,7 +2,7 @@
 data parallel.
 
 Each finished sample is appended at once to a JSON-lines results file (`lostattn.harness.records`) whose first line names
-the run: `RunSpec.key()`, every input that changes a record. Rerunning with the same file skips the finished
+the run: `EvalSettings.key()`, every input that changes a record. Rerunning with the same file skips the finished
 samples; a file written by a different run is refused rather than mixed; each record carries the digest of its own
 inputs (prompt as rendered, image, answer), checked again on resume. A record never depends on the other samples of
 its batch: samples with and without an image are generated in separate groups. Under torchrun / accelerate each
@@ -34,7 +34,7 @@ from lostattn.tasks.types import VQASample
 
 
 @dataclass(frozen=True)
-class RunSpec:
+class EvalSettings:
     """What identifies a run: two runs with equal keys can share a results file.
 
     `protocol` names how the model is prompted and decodes (`lostattn.inference.protocols`: "controlled" or "official");
@@ -67,13 +67,13 @@ class RunSpec:
                 "benchmark": self.benchmark, "data": self.data, "split": self.split, "sap": self.sap,
                 "blind": self.blind, "protocol": self.decoding, "seed": self.seed}
 
-    def bound(self, lm) -> "RunSpec":
+    def bound(self, lm) -> "EvalSettings":
         """This spec with dtype, device (its type: cpu, cuda), weights and the resolved protocol read from `lm`."""
         found = {**lm.identity(), "decoding": self.resolve(lm).key()}
         for name, value in found.items():
             given = getattr(self, name)
             if given is not None and given != value:
-                raise ValueError(f"RunSpec {name}={given!r} but the loaded model has {name} {value!r}")
+                raise ValueError(f"EvalSettings {name}={given!r} but the loaded model has {name} {value!r}")
         return dataclasses.replace(self, **found)
 
     def digest(self) -> str:
@@ -131,7 +131,7 @@ def _inputs_checker(digests: dict[str, str]):
     return check
 
 
-def evaluate(lm, samples: list[VQASample], out_file: str | Path, spec: RunSpec, batch_size: int = 16,
+def evaluate(lm, samples: list[VQASample], out_file: str | Path, spec: EvalSettings, batch_size: int = 16,
              sap_cfg: SAPConfig | None = None, progress: bool = True,
              world: distributed.World | None = None) -> pd.DataFrame:
     """Score `samples`, appending per-sample records to `out_file`; returns all records of the run, in the order of
@@ -170,4 +170,4 @@ def throughput(lm, samples: list[VQASample], batch_size: int, max_new_tokens: in
             "batch_size": batch_size, "n": len(samples)}
 
 
-__all__ = ["RunSpec", "evaluate", "generate_batch", "input_digest", "summarize", "throughput"]
+__all__ = ["EvalSettings", "evaluate", "generate_batch", "input_digest", "summarize", "throughput"]

@@ -55,7 +55,7 @@ OFFICIAL_RECIPES = {
 
 
 @dataclass(frozen=True)
-class FamilySpec:
+class FamilyFacts:
     model_type: str  # config.model_type
     hf_class: str  # the transformers class that loads it
     processor_class: str  # its processor (loaded for images only: see loader.image_only_processor_class)
@@ -63,20 +63,20 @@ class FamilySpec:
     layout: str  # how images become visual tokens: "grid", "anyres" or "merged" (lostattn.models.layouts)
 
 
-FAMILIES: dict[str, FamilySpec] = {
+MODEL_FAMILIES: dict[str, FamilyFacts] = {
     s.model_type: s
     for s in (
-        FamilySpec("llava", "LlavaForConditionalGeneration", "LlavaProcessor", "LLaVA-1.5 (llava-1.5-7b-hf, ...) and the embedded model", "grid"),
-        FamilySpec("llava_next", "LlavaNextForConditionalGeneration", "LlavaNextProcessor", "LLaVA-NeXT (llava-v1.6-*-hf)", "anyres"),
-        FamilySpec("llava_onevision", "LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor", "LLaVA-OneVision (llava-onevision-qwen2-*-hf)", "anyres"),
-        FamilySpec("qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "Qwen2-VL (Qwen2-VL-*-Instruct)", "merged"),
-        FamilySpec("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", "Qwen2.5-VL (Qwen2.5-VL-*-Instruct and fine-tunes)", "merged"),
+        FamilyFacts("llava", "LlavaForConditionalGeneration", "LlavaProcessor", "LLaVA-1.5 (llava-1.5-7b-hf, ...) and the embedded model", "grid"),
+        FamilyFacts("llava_next", "LlavaNextForConditionalGeneration", "LlavaNextProcessor", "LLaVA-NeXT (llava-v1.6-*-hf)", "anyres"),
+        FamilyFacts("llava_onevision", "LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor", "LLaVA-OneVision (llava-onevision-qwen2-*-hf)", "anyres"),
+        FamilyFacts("qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "Qwen2-VL (Qwen2-VL-*-Instruct)", "merged"),
+        FamilyFacts("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", "Qwen2.5-VL (Qwen2.5-VL-*-Instruct and fine-tunes)", "merged"),
     )
 }
 
 
 def supported_text() -> str:
-    return "; ".join(f"{k}: {v.description}" for k, v in FAMILIES.items())
+    return "; ".join(f"{k}: {v.description}" for k, v in MODEL_FAMILIES.items())
 
 
 class Adapter:
@@ -84,9 +84,9 @@ class Adapter:
 
     def __init__(self, model: nn.Module):
         mt = model.config.model_type
-        if mt not in FAMILIES:
+        if mt not in MODEL_FAMILIES:
             raise ValueError(f"unsupported architecture {mt!r}; supported model types: {supported_text()}")
-        self.spec = FAMILIES[mt]
+        self.spec = MODEL_FAMILIES[mt]
         self.model = model
         self.language_model = model.model.language_model
         layers = self.language_model.layers
@@ -104,9 +104,9 @@ class Adapter:
     @property
     def layout(self):
         """How this family's images become visual tokens (lostattn.models.layouts)."""
-        from lostattn.models.layouts import LAYOUTS
+        from lostattn.models.layouts import TOKEN_LAYOUTS
 
-        return LAYOUTS[self.spec.layout]
+        return TOKEN_LAYOUTS[self.spec.layout]
 
     @property
     def official(self) -> OfficialRecipe:

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
                           LlavaProcessor, PreTrainedTokenizerFast)
 
-from lostattn.tasks.synthetic import AUX_FAMILIES, FAMILIES, SPLITS, SyntheticBenchmark
+from lostattn.tasks.synthetic import AUX_QUESTION_FAMILIES, QUESTION_FAMILIES, SPLITS, SyntheticBenchmark
 
 try:  # the PIL image processor needs no torchvision (there is no CPU torchvision build)
     from transformers import CLIPImageProcessorPil as _ImageProcessor
@@ -70,7 +70,7 @@ def build_tokenizer(bench: SyntheticBenchmark) -> PreTrainedTokenizerFast:
     pre = pre_tokenizers.Whitespace()
     words: set[str] = {"USER", ":", "ASSISTANT"}
     for split in SPLITS:
-        for s in bench.samples(split, families=FAMILIES + AUX_FAMILIES):
+        for s in bench.samples(split, families=QUESTION_FAMILIES + AUX_QUESTION_FAMILIES):
             for text in (s.question, s.answer):
                 words.update(w for w, _ in pre.pre_tokenize_str(text))
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}

@@ -1,7 +1,7 @@
 """How each kind of model turns an image into the decoder's visual tokens, for the SAP modes that score image
 regions (`complexity`) or read the vision tower's own attention (`vis_enc_attn`).
 
-Three layouts cover the supported families (which family uses which is in `adapters.FAMILIES`):
+Three layouts cover the supported families (which family uses which is in `adapters.MODEL_FAMILIES`):
 
 - `GridLayout` (LLaVA-1.5): one tile, one visual token per vision patch, row-major (the CLS token dropped under the
   `default` feature strategy).
@@ -244,7 +244,7 @@ class MergedLayout:
         return [m.reshape(-1).float() for m in maps]
 
 
-LAYOUTS = {"grid": GridLayout(), "anyres": AnyresLayout(), "merged": MergedLayout()}
+TOKEN_LAYOUTS = {"grid": GridLayout(), "anyres": AnyresLayout(), "merged": MergedLayout()}
 
 
 def resized_raw_patches(image, height: int, width: int, patch: int) -> torch.Tensor:
@@ -255,4 +255,4 @@ def resized_raw_patches(image, height: int, width: int, patch: int) -> torch.Ten
     return split_patches(x, patch)
 
 
-__all__ = ["LAYOUTS", "GridLayout", "AnyresLayout", "MergedLayout", "split_patches", "resized_raw_patches"]
+__all__ = ["TOKEN_LAYOUTS", "GridLayout", "AnyresLayout", "MergedLayout", "split_patches", "resized_raw_patches"]

@@ -10,7 +10,7 @@ import torch
 import transformers
 from transformers import AutoConfig
 
-from lostattn.models.adapters import FAMILIES, Adapter, supported_text
+from lostattn.models.adapters import MODEL_FAMILIES, Adapter, supported_text
 from lostattn.provenance import hash_file
 from lostattn.models.embedded import EMBEDDED_NAME
 
@@ -103,7 +103,7 @@ def image_only_processor_class(proc_cls: type) -> type:
 
 def load_processor(src: str | Path, family: str):
     """The family's processor from a checkpoint folder (either file layout), images only, PIL image backend."""
-    proc_cls = image_only_processor_class(getattr(transformers, FAMILIES[family].processor_class))
+    proc_cls = image_only_processor_class(getattr(transformers, MODEL_FAMILIES[family].processor_class))
     return proc_cls.from_pretrained(src, backend="pil")
 
 
@@ -119,10 +119,10 @@ def load_model(name_or_path: str | Path = EMBEDDED_NAME, device: str = "cpu", dt
         raise FileNotFoundError(
             f"cannot read a config for {name_or_path!r} (offline={os.environ.get('HF_HUB_OFFLINE', '0')}): {e}. "
             f"Give a local checkpoint folder; supported model types: {supported_text()}") from e
-    if config.model_type not in FAMILIES:
+    if config.model_type not in MODEL_FAMILIES:
         raise ValueError(f"{name_or_path!r} is a {config.model_type!r} model, which is not supported; "
                          f"supported model types: {supported_text()}")
-    cls = getattr(transformers, FAMILIES[config.model_type].hf_class)
+    cls = getattr(transformers, MODEL_FAMILIES[config.model_type].hf_class)
     # device "auto": spread over the node's GPUs (accelerate's device_map) for a model too large for one
     placement = {"device_map": "auto"} if device == "auto" else {}
     model = cls.from_pretrained(src, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **placement)

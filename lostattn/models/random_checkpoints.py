@@ -23,7 +23,7 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-LAYOUTS = ("hub", "single")
+FILE_LAYOUTS = ("hub", "single")
 SIZES = ("tiny", "published")
 
 # ---- chat templates, as the real checkpoints' (jinja) ---------------------------------------------------------------
@@ -111,7 +111,7 @@ FAMILY_LAYOUTS = {
                                                 "<|image_pad|>", "<|video_pad|>"), None, "<|im_end|>",
                                "<|endoftext|>", True),
 }
-FAMILIES = tuple(FAMILY_LAYOUTS)
+RANDOM_CHECKPOINT_FAMILIES = tuple(FAMILY_LAYOUTS)
 
 
 def build_tokenizer(family: str, vocab_size: int = 400):
@@ -260,9 +260,9 @@ def build_checkpoint(family: str, out: str | Path, size: str = "tiny", layout: s
     (a published-size model is then built on the device from its config).
     """
     if family not in FAMILY_LAYOUTS:
-        raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
-    if size not in SIZES or layout not in LAYOUTS:
-        raise ValueError(f"size must be one of {SIZES} and layout one of {LAYOUTS}, got {size!r}, {layout!r}")
+        raise ValueError(f"unknown family {family!r}; choose one of {RANDOM_CHECKPOINT_FAMILIES}")
+    if size not in SIZES or layout not in FILE_LAYOUTS:
+        raise ValueError(f"size must be one of {SIZES} and layout one of {FILE_LAYOUTS}, got {size!r}, {layout!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(family)

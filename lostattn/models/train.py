@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lostattn.tasks.synthetic import AUX_FAMILIES, FAMILIES, SyntheticBenchmark, SyntheticConfig
+from lostattn.tasks.synthetic import AUX_QUESTION_FAMILIES, QUESTION_FAMILIES, SyntheticBenchmark, SyntheticConfig
 from lostattn.models.embedded import EmbeddedArch, build_embedded
 from lostattn.models.prompts import chat_prompt
 from lostattn.provenance import provenance
@@ -41,8 +41,8 @@ class TrainConfig:
     # Stage 2 keeps the vision tower frozen, as LLaVA keeps its CLIP encoder frozen; its features are then computed
     # once per image instead of once per question (the same numbers, a sixth of the work saved).
     freeze_vision: bool = True
-    # The question families trained on: the scored ones plus training-only ones (lostattn.tasks.synthetic.AUX_FAMILIES).
-    families: tuple[str, ...] = FAMILIES
+    # The question families trained on: the scored ones plus training-only ones (lostattn.tasks.synthetic.AUX_QUESTION_FAMILIES).
+    families: tuple[str, ...] = QUESTION_FAMILIES
     aux_families: tuple[str, ...] = ("letter", "locate")
     # Batches are drawn from length-sorted pools of `bucket` batches, so that a long question (multiple choice) or
     # answer (describe) does not pad a whole batch; 1 turns this off.
@@ -96,7 +96,7 @@ def pretrain_vision(model, pixels: torch.Tensor, labels: torch.Tensor, cfg: Trai
 
 
 def encode_split(bench: SyntheticBenchmark, processor, split: str, chunk: int = 1024,
-                 families: tuple[str, ...] = FAMILIES + AUX_FAMILIES):
+                 families: tuple[str, ...] = QUESTION_FAMILIES + AUX_QUESTION_FAMILIES):
     """Token ids of prompt+answer+eos, the index where the answer starts, and pixel values per unique image."""
     samples = bench.samples(split, families=families)
     tok = processor.tokenizer

@@ -68,7 +68,7 @@ def format_cell(v, fmt: Format | None = None, digits: int = 3) -> str:
     return display_path(v) if isinstance(v, (str, Path)) and str(v).startswith("/") else str(v)
 
 
-class Table:
+class HtmlTable:
     """A DataFrame as the book shows it: HTML in a box that fits the column (`_repr_html_`), plain aligned text
     in a terminal (`__repr__`). Build it with `table(...)`."""
 
@@ -128,22 +128,22 @@ class Table:
 
 
 def table(df: pd.DataFrame, digits: int | Mapping[str, int] = 3, formats: Mapping[str, Format] | None = None,
-          caption: str | None = None, index: bool = False, note: str | None = None) -> Table:
+          caption: str | None = None, index: bool = False, note: str | None = None) -> HtmlTable:
     """`df` rendered for the page: numbers rounded to `digits` (per column with a mapping), per-column `formats`,
     missing values as an em dash, absolute paths shortened; `index=True` shows the index as the first columns."""
-    return Table(df, digits, formats, caption, index, note)
+    return HtmlTable(df, digits, formats, caption, index, note)
 
 
 def key_value_table(values: Mapping[str, object], labels: Mapping[str, str] | None = None,
                     formats: Mapping[str, Format] | None = None, caption: str | None = None,
-                    digits: int = 3) -> Table:
+                    digits: int = 3) -> HtmlTable:
     """A small two-column table (what, value) for a dict of measurements, in the order of `labels` when given
     (keys not in `labels` follow under their own names)."""
     labels = dict(labels or {})
     formats = dict(formats or {})
     keys = [k for k in labels if k in values] + [k for k in values if k not in labels]
     rows = [{"what": labels.get(k, k), "value": format_cell(values[k], formats.get(k), digits)} for k in keys]
-    return Table(pd.DataFrame(rows, columns=["what", "value"]), caption=caption)
+    return HtmlTable(pd.DataFrame(rows, columns=["what", "value"]), caption=caption)
 
 
 # ---- the run's parameters ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lostattn.harness.evaluate import RunSpec, evaluate
+from lostattn.harness.evaluate import EvalSettings, evaluate
 from lostattn.provenance import REPO_ROOT, data_identity, provenance
 from lostattn.sap.replace import SAPConfig
 from lostattn.tasks.registry import get_benchmark
@@ -32,7 +32,7 @@ def paper_eps_rope() -> float:
     return float(paper_table("eps_rope").set_index("quantity").loc["eps_RoPE", "value"])
 
 
-def accuracy_report(lm, samples, records_file: str | Path, spec: RunSpec, batch_size: int = 64,
+def accuracy_report(lm, samples, records_file: str | Path, spec: EvalSettings, batch_size: int = 64,
                     progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score `samples` (resumable records in `records_file`); returns (per-family table, per-sample records).
 
@@ -50,7 +50,7 @@ def embedded_test_report(lm, out_csv: str | Path, batch_size: int = 64, limit_pe
                          progress: bool = True) -> pd.DataFrame:
     """Per-family accuracy of a model on the whole synthetic test split, written to `out_csv` with provenance."""
     out_csv = Path(out_csv)
-    spec = RunSpec(model=lm.name, benchmark="synthetic")
+    spec = EvalSettings(model=lm.name, benchmark="synthetic")
     samples = SyntheticBenchmark().samples("test", limit_per_family=limit_per_family)
     table, _ = accuracy_report(lm, samples, out_csv.with_suffix(".jsonl"), spec, batch_size, progress)
     table.to_csv(out_csv, index=False)
@@ -64,7 +64,7 @@ class Condition:
     """One column of Table 2: a run of the harness (vanilla, blind, or SAP in one mode) under one protocol."""
 
     name: str  # vanilla, blind, or the SAP mode
-    spec: RunSpec
+    spec: EvalSettings
     sap: SAPConfig | None = None
 
     @property
@@ -79,7 +79,7 @@ def sap_conditions(lm, model: str, benchmark: str, data=None, split: str = "test
                    seed: int = 42) -> list[Condition]:
     """Vanilla, (blind,) and one SAP run per mode under `protocol`; `layers`, `head_window` and `queries` None take
     the protocol's preset for the model's family ("all", "18,19,20" or a tuple of ints for layers)."""
-    base = RunSpec(model=model, benchmark=benchmark, data=data_identity(data), split=split, protocol=protocol,
+    base = EvalSettings(model=model, benchmark=benchmark, data=data_identity(data), split=split, protocol=protocol,
                    reasoning=reasoning, max_new_tokens=max_new_tokens, seed=seed)
     preset = base.resolve(lm)
     over = {"seed": seed, "layers": layers, "queries": queries, "head_percentile": head_window}

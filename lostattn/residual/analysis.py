@@ -9,7 +9,7 @@ states, as the official code takes them.
   MixIG = TME(X_out) - TME(X_mid);
 - Noise Delta / Noise QKV / Noise FFN: the attention (Delta, QKV) or FFN (FFN) update of a run with that control
   on; under the official controls Noise QKV and Noise FFN redraw the whole model (vision tower included) with seed
-  42, as the official code does, under "ours" only the analysed decoder layers (`lostattn.residual.controls`);
+  42, as the official code does, under "decoder_layers" only the analysed decoder layers (`lostattn.residual.controls`);
 - eps_RoPE: RID(X_l^(RoPE) | X_l^(no RoPE)) of each layer's output, same inputs, rotary embeddings on vs off.
 Metrics are computed per sample on the tokens of a scope (all, visual, text; padding never counts), samples with
 equally many tokens batched together, each state's spectrum and TME reused along the stream (`Stream`).
@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from lostattn.residual.capture import SCOPES, LayerCapture, ResidualCapture, no_rope, token_masks
-from lostattn.residual.controls import CONDITIONS, PRESETS, control
+from lostattn.residual.controls import NOISE_CONDITIONS, NOISE_PRESETS, control
 from lostattn.residual.metrics import State, Stream, as_spec, state_rid
 from lostattn.models.prompts import prepare_inputs
 
@@ -40,9 +40,9 @@ def _check(scopes, conditions):
     bad = set(scopes) - set(SCOPES)
     if bad:
         raise ValueError(f"unknown token scopes {sorted(bad)}; choose from {SCOPES}")
-    bad = set(conditions) - set(CONDITIONS)
+    bad = set(conditions) - set(NOISE_CONDITIONS)
     if bad:
-        raise ValueError(f"unknown conditions {sorted(bad)}; choose from {CONDITIONS}")
+        raise ValueError(f"unknown conditions {sorted(bad)}; choose from {NOISE_CONDITIONS}")
 
 
 def _batches(samples, batch_size):
@@ -103,22 +103,22 @@ class _LayerMetrics:
 def _spec_and_controls(spec, controls):
     spec = as_spec(spec)
     if controls is None:
-        controls = "official" if spec.base == "official" else "ours"
-    if controls not in PRESETS:
-        raise ValueError(f"controls {controls!r} is not one of {PRESETS}")
+        controls = "official" if spec.base == "official" else "decoder_layers"
+    if controls not in NOISE_PRESETS:
+        raise ValueError(f"controls {controls!r} is not one of {NOISE_PRESETS}")
     return spec, controls
 
 
 def residual_metrics(lm, samples, layers: list[int] | None = None, scopes=("all",), spec=None,
-                     conditions=CONDITIONS, batch_size: int = 8, seed: int = 0, progress: bool = True,
+                     conditions=NOISE_CONDITIONS, batch_size: int = 8, seed: int = 0, progress: bool = True,
                      controls: str | None = None, dtype: torch.dtype = torch.float64,
                      reuse: bool = True) -> pd.DataFrame:
     """One row per (sample, layer, condition, module, scope): erank_in, erank_out, dS, dD, rid, projector_rank, tme_in,
     tme_out, tme_delta, mixig_state, mixig_delta, mixig, with n_tokens, spec and controls.
 
     spec: a MetricSpec, "official" / "paper_text", None (official) or a RankRule (the paper-text spec with that
-    rule, as callers passed it before). controls: "official" or "ours" (None: "official" for specs based on the
-    official preset, else "ours"). Noise Delta is drawn per sample from (seed, sample id, layer) and the "ours"
+    rule, as callers passed it before). controls: "official" or "decoder_layers" (None: "official" for specs based on the
+    official preset, else "decoder_layers"). Noise Delta is drawn per sample from (seed, sample id, layer) and the "decoder_layers"
     weight noise from `seed`, so no row depends on the batch its sample was in."""
     spec, controls = _spec_and_controls(spec, controls)
     _check(scopes, conditions)

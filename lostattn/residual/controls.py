@@ -8,11 +8,11 @@
   same standard-normal draw: q, k and v of equal shape get proportional noise, as in the official code. Qwen2.5-VL's
   vision blocks fuse Q, K, V in a module named `qkv`, which that scan does not match: their vision tower keeps
   its weights.)
-- `noise_qkv`, preset "ours" (the project's earlier control): the Q, K, V projections of the chosen decoder
+- `noise_qkv`, preset "decoder_layers" (the project's earlier control): the Q, K, V projections of the chosen decoder
   layers only, weights and biases, from one generator seeded once, sample std.
 - `noise_ffn` (official `replace_all_ffn_with_gaussian_`): every module named `mlp` (decoder and vision tower) has
   its gate_proj / up_proj / down_proj weights, or, without those names, every Linear weight inside, redrawn the
-  same way; "ours" redraws the chosen decoder layers' MLP parameters like "ours" above.
+  same way; "decoder_layers" redraws the chosen decoder layers' MLP parameters like "decoder_layers" above.
 - `noise_delta`: the project's own control (the official code has none): every chosen layer's attention update
   dX_attn is replaced by Gaussian noise of matched norm, per token row by default or per sample over all tokens.
 
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 MATCH = ("row", "sample")
-PRESETS = ("official", "ours")
+NOISE_PRESETS = ("official", "decoder_layers")
 OFFICIAL_SEED = 42
-CONDITIONS = ("vanilla", "noise_delta", "noise_qkv", "noise_ffn")
+NOISE_CONDITIONS = ("vanilla", "noise_delta", "noise_qkv", "noise_ffn")
 
 
 def _layers(adapter, layers):
@@ -37,8 +37,8 @@ def _layers(adapter, layers):
 
 
 def _check_preset(preset):
-    if preset not in PRESETS:
-        raise ValueError(f"noise preset {preset!r} is not one of {PRESETS}")
+    if preset not in NOISE_PRESETS:
+        raise ValueError(f"noise preset {preset!r} is not one of {NOISE_PRESETS}")
 
 
 @contextmanager
@@ -192,7 +192,7 @@ def _redrawn(params: list[tuple[str, nn.Parameter]], preset: str, seed: int):
 @contextmanager
 def noise_qkv(lm, layers: list[int] | None = None, seed: int | None = None, preset: str = "official"):
     """Q, K, V projection weights redrawn as Gaussian noise of each tensor's mean and std (see the module
-    docstring for the two presets); seed: 42 for "official" (reset per tensor), 0 for "ours" (seeded once)."""
+    docstring for the two presets); seed: 42 for "official" (reset per tensor), 0 for "decoder_layers" (seeded once)."""
     _check_preset(preset)
     params = official_qkv_parameters(lm, layers) if preset == "official" else _ours_parameters(lm, layers, "qkv")
     seed = (OFFICIAL_SEED if preset == "official" else 0) if seed is None else seed
@@ -214,13 +214,13 @@ def control(condition: str, lm, layers: list[int] | None = None, seed: int = 0, 
             keys: list[str] | None = None, valid: torch.Tensor | None = None):
     """The context manager of a condition (vanilla: nothing). Under the official preset Noise QKV and Noise FFN
     act on the whole model with the official seed, as the official code does, and `layers` / `seed` only steer
-    Noise Delta; under "ours" every control acts on `layers` with `seed`. `keys` and `valid` (the batch's sample
+    Noise Delta; under "decoder_layers" every control acts on `layers` with `seed`. `keys` and `valid` (the batch's sample
     ids and non-padding positions) make Noise Delta's draw per sample (see `noise_delta`)."""
     from contextlib import nullcontext
 
     _check_preset(preset)
-    if condition not in CONDITIONS:
-        raise ValueError(f"unknown condition {condition!r}; choose from {CONDITIONS}")
+    if condition not in NOISE_CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}; choose from {NOISE_CONDITIONS}")
     if condition == "vanilla":
         return nullcontext([])
     if condition == "noise_delta":
@@ -228,8 +228,8 @@ def control(condition: str, lm, layers: list[int] | None = None, seed: int = 0, 
     fn = noise_qkv if condition == "noise_qkv" else noise_ffn
     if preset == "official":
         return fn(lm, None, preset="official")
-    return fn(lm, layers, seed=seed, preset="ours")
+    return fn(lm, layers, seed=seed, preset="decoder_layers")
 
 
 __all__ = ["noise_delta", "noise_qkv", "noise_ffn", "control", "official_qkv_parameters",
-           "official_ffn_parameters", "PRESETS", "CONDITIONS", "OFFICIAL_SEED"]
+           "official_ffn_parameters", "NOISE_PRESETS", "NOISE_CONDITIONS", "OFFICIAL_SEED"]

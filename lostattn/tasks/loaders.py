@@ -68,7 +68,7 @@ import ast
 import re
 from pathlib import Path
 
-from lostattn.tasks.registry import REGISTRY, Benchmark, Record, display_name, formats_table, get_benchmark, register
+from lostattn.tasks.registry import REGISTRY, Benchmark, SourceRecord, display_name, formats_table, get_benchmark, register
 from lostattn.tasks.scoring import normalize
 from lostattn.tasks.synthetic import MC_SUFFIX, SyntheticBenchmark, SyntheticConfig
 from lostattn.tasks.types import VQASample
@@ -103,7 +103,7 @@ register(Benchmark(
 
 
 # ---- POPE ------------------------------------------------------------------------------------------------------
-def _pope(r: Record) -> VQASample:
+def _pope(r: SourceRecord) -> VQASample:
     answer = r.text("answer", "label").lower()
     if answer not in ("yes", "no"):
         raise r.fail(f"field 'answer' is {answer!r}; POPE answers are 'yes' or 'no': fix the record")
@@ -127,7 +127,7 @@ register(Benchmark(
 
 
 # ---- option-letter benchmarks (VLMEvalKit layout) --------------------------------------------------------------
-def _letter_mc(r: Record) -> VQASample:
+def _letter_mc(r: SourceRecord) -> VQASample:
     options = {k: str(r.row[k]).strip() for k in "ABCDEFGHIJ" if r.has(k)}
     if len(options) < 2:
         raise r.fail(f"fewer than two option fields A, B, ... (needed by {r.bench.display_name}); fields "
@@ -169,7 +169,7 @@ def listed_options(question: str) -> dict[str, str]:
     return found if len(found) >= 2 else {}
 
 
-def _realworldqa(r: Record) -> VQASample:
+def _realworldqa(r: SourceRecord) -> VQASample:
     question, answer = r.text("question"), r.text("answer")
     options = listed_options(question)
     image = r.image("image")
@@ -196,7 +196,7 @@ register(Benchmark(
 
 
 # ---- MMMU ------------------------------------------------------------------------------------------------------
-def _mmmu(r: Record) -> VQASample:
+def _mmmu(r: SourceRecord) -> VQASample:
     question = re.sub(r"<image \d+>", "", r.text("question")).strip()
     answer = r.text("answer", default="")
     if answer in ("", "?"):
@@ -241,7 +241,7 @@ register(Benchmark(
 
 
 # ---- MathVista -------------------------------------------------------------------------------------------------
-def _mathvista(r: Record) -> VQASample:
+def _mathvista(r: SourceRecord) -> VQASample:
     qtype = r.text("question_type")
     answer = r.text("answer", default="")
     if not answer:
@@ -274,7 +274,7 @@ register(Benchmark(
 
 
 # ---- HallusionBench --------------------------------------------------------------------------------------------
-def _hallusionbench(r: Record) -> VQASample:
+def _hallusionbench(r: SourceRecord) -> VQASample:
     gt = r.text("gt_answer")
     if gt not in ("0", "1"):
         raise r.fail(f"field 'gt_answer' is {gt!r}; HallusionBench answers are '1' (yes) or '0' (no): fix the record")

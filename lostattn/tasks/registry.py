@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from lostattn.tasks.images import FileImage, file_image, resolve_image
-from lostattn.tasks.sources import Table, read_table
+from lostattn.tasks.sources import SourceTable, read_table
 from lostattn.tasks.types import ANSWER_KINDS, BenchmarkDataError, MissingImageError, VQASample
 
 _MISSING = object()
@@ -34,7 +34,7 @@ class Benchmark:
     files: str  # the inputs it reads (documentation)
     fields: str  # the record fields it reads, * optional, a/b the first present (documentation)
     prompt: str  # how a question is shown to the model (documentation)
-    to_sample: Callable[["Record"], VQASample] | None = None
+    to_sample: Callable[["SourceRecord"], VQASample] | None = None
     load: Callable[..., list[VQASample]] | None = None  # (path, split, limit_per_family) -> samples
     # where a record's id comes from: the first field present ("a+b" joins fields with "_"), else its row number
     id_fields: tuple[str, ...] = ("id",)
@@ -63,7 +63,7 @@ class Benchmark:
             raise ValueError(f"benchmark {self.name!r} needs its local file or dataset folder (--data PATH); "
                              f"nothing is downloaded")
         table = read_table(path, split, keyed_by=self.keyed_by, test_splits=self.test_splits, bench=self.display_name)
-        records = [Record(self, table, i, image_root) for i in range(len(table.rows))]
+        records = [SourceRecord(self, table, i, image_root) for i in range(len(table.rows))]
         samples = [self.to_sample(r) for r in records]
         _refuse_duplicate_ids(samples, records, table)
         samples = limit(samples, limit_per_family)
@@ -71,10 +71,10 @@ class Benchmark:
         return samples
 
 
-class Record:
+class SourceRecord:
     """One record of a benchmark input, with accessors whose errors name the input, the record and the field."""
 
-    def __init__(self, bench: Benchmark, table: Table, index: int, image_root):
+    def __init__(self, bench: Benchmark, table: SourceTable, index: int, image_root):
         self.bench, self.table, self.index, self.image_root = bench, table, index, image_root
         self.row = table.rows[index]
         self.id_field = next((f for f in bench.id_fields if all(_present(self.row.get(p)) for p in f.split("+"))),
@@ -155,7 +155,7 @@ def limit(samples: list[VQASample], limit_per_family: int | None) -> list[VQASam
     return out
 
 
-def _refuse_duplicate_ids(samples: list[VQASample], records: list[Record], table: Table) -> None:
+def _refuse_duplicate_ids(samples: list[VQASample], records: list[SourceRecord], table: SourceTable) -> None:
     counts = Counter(s.id for s in samples)
     dups = [k for k, c in counts.items() if c > 1]
     if not dups:
@@ -174,7 +174,7 @@ def _refuse_duplicate_ids(samples: list[VQASample], records: list[Record], table
         f"(field {' / '.join(repr(f) for f in fields)}): remove the repeated records or give them distinct ids")
 
 
-def _refuse_missing_images(samples: list[VQASample], table: Table) -> None:
+def _refuse_missing_images(samples: list[VQASample], table: SourceTable) -> None:
     missing = [s for s in samples if isinstance(s.image, FileImage) and not s.image.path.is_file()]
     if not missing:
         return

@@ -39,7 +39,7 @@ _TEXT_SUFFIXES = (".json", ".jsonl", ".tsv", ".csv")
 
 
 @dataclass
-class Table:
+class SourceTable:
     """The records of one benchmark input, with what error messages need to name them."""
 
     source: str  # names the input: a file, or a folder with the split read
@@ -55,7 +55,7 @@ class Table:
 
 
 def read_table(path, split: str = "test", *, keyed_by: str | None = None, test_splits: tuple[str, ...] = (),
-               bench: str = "the benchmark") -> Table:
+               bench: str = "the benchmark") -> SourceTable:
     """The records of `path`: a file, a dataset folder, or a `datasets` Dataset/DatasetDict object.
 
     `split` applies to folders and DatasetDicts (a single file is one split). `keyed_by` names the field a JSON
@@ -111,7 +111,7 @@ def _read_text(path: Path) -> str:
         raise _not_utf8(path) from None
 
 
-def _json(text: str, path: Path, keyed_by: str | None) -> Table:
+def _json(text: str, path: Path, keyed_by: str | None) -> SourceTable:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -130,7 +130,7 @@ def _json(text: str, path: Path, keyed_by: str | None) -> Table:
                                      f"file must map each {keyed_by} to its record ({{\"1\": {{...}}, ...}})")
         keys = list(data)
         rows = [{keyed_by: k, **v} for k, v in data.items()]
-        return _checked(Table(str(path), path.parent, rows, locate=lambda i: f"{keyed_by} {keys[i]!r}"), path)
+        return _checked(SourceTable(str(path), path.parent, rows, locate=lambda i: f"{keyed_by} {keys[i]!r}"), path)
     if not isinstance(data, list):
         raise BenchmarkDataError(f"{path} holds a JSON {_kind(data)}; expected a list of records (objects), "
                                  f"[{{...}}, {{...}}]")
@@ -138,10 +138,10 @@ def _json(text: str, path: Path, keyed_by: str | None) -> Table:
     if bad is not None:
         raise BenchmarkDataError(f"{path}: record {bad} is a JSON {_kind(data[bad])}, not an object; the file must "
                                  f"hold a list of records, [{{...}}, {{...}}]")
-    return _checked(Table(str(path), path.parent, data), path)
+    return _checked(SourceTable(str(path), path.parent, data), path)
 
 
-def _json_lines(text: str, path: Path) -> Table:
+def _json_lines(text: str, path: Path) -> SourceTable:
     rows, lines = [], []
     for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -156,10 +156,10 @@ def _json_lines(text: str, path: Path) -> Table:
                                      f"hold one record, {{...}}")
         rows.append(rec)
         lines.append(n)
-    return _checked(Table(str(path), path.parent, rows, locate=lambda i: f"line {lines[i]}"), path)
+    return _checked(SourceTable(str(path), path.parent, rows, locate=lambda i: f"line {lines[i]}"), path)
 
 
-def _read_delimited(path: Path, sep: str) -> Table:
+def _read_delimited(path: Path, sep: str) -> SourceTable:
     import pandas as pd
 
     kind = "TSV" if sep == "\t" else "CSV"
@@ -177,7 +177,7 @@ def _read_delimited(path: Path, sep: str) -> Table:
                                  f"download or export it again")
     rows = df.to_dict("records")
     _dereference_images(rows)
-    return Table(str(path), path.parent, rows, locate=lambda i: f"line {i + 2}")
+    return SourceTable(str(path), path.parent, rows, locate=lambda i: f"line {i + 2}")
 
 
 def _dereference_images(rows: list[dict]) -> None:
@@ -191,7 +191,7 @@ def _dereference_images(rows: list[dict]) -> None:
             r["image"] = by_index[img]
 
 
-def _checked(t: Table, path: Path) -> Table:
+def _checked(t: SourceTable, path: Path) -> SourceTable:
     if not t.rows:
         raise BenchmarkDataError(f"benchmark file {path} holds no records; download or export it again")
     return t
@@ -222,7 +222,7 @@ def _read_parquet(path: Path):
         raise BenchmarkDataError(f"{path} is not a readable parquet file ({e}); download it again") from None
 
 
-def _read_folder(path: Path, split: str, test_splits: tuple[str, ...], bench: str) -> Table:
+def _read_folder(path: Path, split: str, test_splits: tuple[str, ...], bench: str) -> SourceTable:
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         _offline()
         import datasets
@@ -287,7 +287,7 @@ def _is_datasets_object(obj) -> bool:
     return type(obj).__module__.startswith("datasets.") and type(obj).__name__ in ("Dataset", "DatasetDict")
 
 
-def _from_datasets_object(obj, split: str, test_splits: tuple[str, ...], source: str, base_dir: Path) -> Table:
+def _from_datasets_object(obj, split: str, test_splits: tuple[str, ...], source: str, base_dir: Path) -> SourceTable:
     import datasets
 
     if isinstance(obj, datasets.DatasetDict):
@@ -331,7 +331,7 @@ def _image_columns(table, features) -> list[str]:
 
 
 def _from_arrow(table, source: str, base_dir: Path, locate: Callable[[int], str] | None = None,
-                features=None) -> Table:
+                features=None) -> SourceTable:
     """Rows of an Arrow table; image cells stay in the table (ArrowCell), paths-only images become their path."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -356,4 +356,4 @@ def _from_arrow(table, source: str, base_dir: Path, locate: Callable[[int], str]
                 row[name] = ArrowCell(col, i, heads[i])
             else:
                 row[name] = paths[i]  # the Image feature without bytes: a path (or None)
-    return Table(source, base_dir, rows, locate=locate or (lambda i: ""))
+    return SourceTable(source, base_dir, rows, locate=locate or (lambda i: ""))

@@ -37,13 +37,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle")
 SIZES = ("small", "large")
-FAMILIES = ("exist", "attribute", "count", "spatial", "ocr", "mc")
+QUESTION_FAMILIES = ("exist", "attribute", "count", "spatial", "ocr", "mc")
 # Training-only auxiliary families, not scored: "describe" (the whole scene, object by object: reading every cell)
 # and "locate" (where a named colour-shape pair is, or "nowhere": finding a cell by a two-word key, the step that
 # existence, spatial and multiple-choice questions all start with, with nine answers instead of two) and "letter"
 # (the multiple-choice format with the answer named in the question: finding an option by its text and answering
 # with its letter, the step a multiple-choice question ends with).
-AUX_FAMILIES = ("describe", "locate", "letter")
+AUX_QUESTION_FAMILIES = ("describe", "locate", "letter")
 # Accuracy (%) of guessing uniformly among the answers a question of the family admits (attribute mixes colour
 # 1/4, shape 1/3 and size 1/2 questions; count answers range over 0-5; ocr over the glyph set).
 CHANCE = {"exist": 50.0, "attribute": 100 / 3, "count": 100 / 6, "spatial": 50.0, "ocr": 100 / 17, "mc": 25.0}
@@ -321,10 +321,10 @@ class SyntheticBenchmark:
         """The questions of a split, in a fixed order; `limit_per_family` keeps the first N of each family."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-        families = tuple(families or FAMILIES)
-        bad = set(families) - set(FAMILIES + AUX_FAMILIES)
+        families = tuple(families or QUESTION_FAMILIES)
+        bad = set(families) - set(QUESTION_FAMILIES + AUX_QUESTION_FAMILIES)
         if bad:
-            raise ValueError(f"unknown synthetic families {sorted(bad)}; choose from {FAMILIES + AUX_FAMILIES}")
+            raise ValueError(f"unknown synthetic families {sorted(bad)}; choose from {QUESTION_FAMILIES + AUX_QUESTION_FAMILIES}")
         stream = np.random.SeedSequence([self.cfg.seed, SPLITS.index(split), 7])
         rng = np.random.default_rng(stream)
         out: list[VQASample] = []
