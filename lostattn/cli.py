@@ -207,26 +207,26 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (`{self.prog} --help` lists the options)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="lostattn", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+def _model_args(sp) -> None:
+    """The options of every command that loads a model and reads a benchmark (eval, analyze)."""
+    sp.add_argument("--model", default="embedded", help="'embedded', a local checkpoint folder, or a cached hub id")
+    sp.add_argument("--device", default="cpu",
+                    help="cpu, cuda, cuda:N, or auto (under torchrun: one GPU per rank; alone: device_map='auto' "
+                         "over the node's GPUs, for a model too large for one)")
+    sp.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    sp.add_argument("--benchmark", default="synthetic")
+    sp.add_argument("--data", default=None, help="benchmark file (real benchmarks)")
+    sp.add_argument("--split", default="test")
+    sp.add_argument("--limit", type=_positive_int, default=None, help="samples per family")
+    sp.add_argument("--batch-size", type=_positive_int, default=16)
+    sp.add_argument("--seed", type=int, default=42)
+    sp.add_argument("--layers", default=None, help="'all' or e.g. 18,19,20")
+    sp.add_argument("--threads", type=_positive_int, default=None,
+                    help="CPU threads (default: min(2, cores); 1 per rank under torchrun / accelerate launch)")
 
-    def model_args(sp):
-        sp.add_argument("--model", default="embedded", help="'embedded', a local checkpoint folder, or a cached hub id")
-        sp.add_argument("--device", default="cpu",
-                        help="cpu, cuda, cuda:N, or auto (under torchrun: one GPU per rank; alone: device_map='auto' "
-                             "over the node's GPUs, for a model too large for one)")
-        sp.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-        sp.add_argument("--benchmark", default="synthetic")
-        sp.add_argument("--data", default=None, help="benchmark file (real benchmarks)")
-        sp.add_argument("--split", default="test")
-        sp.add_argument("--limit", type=_positive_int, default=None, help="samples per family")
-        sp.add_argument("--batch-size", type=_positive_int, default=16)
-        sp.add_argument("--seed", type=int, default=42)
-        sp.add_argument("--layers", default=None, help="'all' or e.g. 18,19,20")
-        sp.add_argument("--threads", type=_positive_int, default=None,
-                        help="CPU threads (default: min(2, cores); 1 per rank under torchrun / accelerate launch)")
 
+def _train_parser(sub) -> None:
+    """`lostattn train`: retrain the embedded model."""
     t = sub.add_parser("train", help="train the embedded model on the synthetic train split")
     t.add_argument("--out", default=None)
     t.add_argument("--seed", type=int, default=None, help="default: TrainConfig's (the committed model's)")
@@ -235,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--no-eval", action="store_true")
     t.set_defaults(fn=cmd_train)
 
+
+def _eval_parser(sub) -> None:
+    """`lostattn eval`: score a model on a benchmark, vanilla or with SAP."""
     e = sub.add_parser("eval", help="score a model on a benchmark, vanilla or with SAP")
-    model_args(e)
+    _model_args(e)
     e.add_argument("--protocol", default="controlled", choices=["controlled", "official"],
                    help="controlled: one rule for every family (greedy, 8 tokens, all heads); official: what the "
                         "paper's scripts do for the model's family (prompt order, sampling, head and layer windows)")
@@ -257,8 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--out", default=None)
     e.set_defaults(fn=cmd_eval)
 
+
+def _analyze_parser(sub) -> None:
+    """`lostattn analyze`: the residual-stream metrics, their controls and eps_RoPE."""
     an = sub.add_parser("analyze", help="RID / MixIG per layer and module, controls, eps_RoPE")
-    model_args(an)
+    _model_args(an)
     an.add_argument("--scope", default="all", help="comma-separated: all,visual,text")
     an.add_argument("--metric-spec", default="official", choices=["official", "paper_text"],
                     help="official: the metrics as the paper's code computes them (sharpened, normalised TME of the "
@@ -273,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     an.add_argument("--out", default="results/analyze")
     an.set_defaults(fn=cmd_analyze, limit=8, batch_size=8)
 
+
+def _reproduce_parser(sub) -> None:
+    """`lostattn reproduce`: a profile's notebooks with papermill, then the book."""
     r = sub.add_parser("reproduce", help="run every notebook of a profile with papermill and build the book")
     r.add_argument("--profile", default="tiny")
     r.add_argument("--only", default=None, help="notebooks to run (names without .ipynb, comma-separated)")
@@ -286,16 +295,34 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--benchmark", default=None, help="only this benchmark's cells (registry or paper name)")
     r.set_defaults(fn=cmd_reproduce)
 
+
+def _aggregate_parser(sub) -> None:
+    """`lostattn aggregate`: the paper's tables over a profile's matrix."""
     g = sub.add_parser("aggregate", help="the paper's tables over a profile's whole matrix (the page 30_paper_tables)")
     g.add_argument("--profile", default="tiny")
     g.add_argument("--config", default=None, help="profile config file (YAML)")
     g.add_argument("--out", default=None, help="also write the tables as CSVs to this folder")
     g.set_defaults(fn=cmd_aggregate)
 
+
+def _book_parser(sub) -> None:
+    """`lostattn book`: the HTML book from executed notebooks."""
     b = sub.add_parser("book", help="build the HTML book from a profile's executed notebooks")
     b.add_argument("--profile", default="tiny")
     b.set_defaults(fn=cmd_book)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per step of the pipeline."""
+    p = _Parser(prog="lostattn", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for add in (_train_parser, _eval_parser, _analyze_parser, _reproduce_parser, _aggregate_parser, _book_parser):
+        add(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     try:
         a = p.parse_args(argv)
     except UsageError as err:
