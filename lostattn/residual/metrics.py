@@ -408,71 +408,94 @@ def _residuals(ref: State, out: State, dr: State, r: torch.Tensor):
     update lands on a large state (the usual case at full rank, where only D's part outside the row space
     remains)."""
     m, n = ref.m, ref.n
-    dt = ref.dtype
     ny2 = out.sq_norm()
     ra2, rb2 = ny2.clone(), ny2.clone()  # no kept direction: the whole of X' is residual
     scale = ny2.clone()
-    exact = ref.exact
     full_a, full_b = r >= m, r >= n  # the projector is the identity on that side
-    fast = (~exact) & (r > 0)
+    fast = (~ref.exact) & (r > 0)
     if bool(fast.any()):
         fi = slice(None) if bool(fast.all()) else fast.nonzero().squeeze(1)  # a slice keeps views, no copies
-        rr = r[fi]
-        rmax = int(rr.max())
-        lam = ref.s[fi].pow(2)
-        zd, zr = dr.z[fi], ref.z[fi]
-        nd2 = _sq(zd)
         need_a = not bool(full_a[fi].all())
-        keep = torch.arange(m, device=r.device) < rr[:, None]
-        inv = torch.where(keep & (lam > 0), 1.0 / lam.clamp_min(torch.finfo(dt).tiny), torch.zeros_like(lam))
-        if 2 * rmax < m:  # few kept directions: thin products through Z_ref^T U_r, O(m n r)
-            u = ref.u[fi, :, :rmax]
-            # C U_r = Z_D Z_ref^T U_r, formed as ((U_r^T Z_ref) Z_D^T)^T: a thin right factor against a transposed
-            # big operand takes a slow BLAS path (10-20x), a thin left factor does not
-            cu = ((u.transpose(-1, -2) @ zr) @ zd.transpose(-1, -2)).transpose(-1, -2)
-            head = ((cu * u).sum(-2) * keep[:, :rmax]).sum(-1)
-            tail_c = _dot(zd, zr) - head  # tr C - sum_{i<=r} u_i^T C u_i
-            proj_b = (cu.pow(2).sum(-2) * inv[:, :rmax]).sum(-1)
-            if need_a:
-                ud = u.transpose(-1, -2) @ zd if dr._gram is None else None
-                pa = ud.pow(2).sum(-1) if ud is not None else ((dr.gram()[fi] @ u) * u).sum(-2)
-                proj_a = (pa * keep[:, :rmax]).sum(-1)
-        else:
-            u = ref.u[fi]
-            cu = (zd @ zr.transpose(-1, -2)) @ u
-            tail_c = ((cu * u).sum(-2) * ~keep).sum(-1)
-            proj_b = (cu.pow(2).sum(-2) * inv).sum(-1)
-            if need_a:
-                # U is a complete basis of the smaller side: I - P_C = U_tail U_tail^T, and the few dropped
-                # directions give side a without any subtraction
-                rmin = int(rr.min())
-                ut_zd = u[:, :, rmin:].transpose(-1, -2) @ zd
-                tail_d = (ut_zd.pow(2).sum(-1) * ~keep[:, rmin:]).sum(-1)
-        tail_s = (lam * ~keep).sum(-1)
-        common = tail_s + 2 * tail_c + nd2
-        rb2[fi] = (common - proj_b).clamp_min(0)
+        a2, rb2[fi], scale[fi] = _gram_residuals(ref, dr, r[fi], fi, need_a)
         if need_a:
-            ra2[fi] = (common - proj_a if 2 * rmax < m else tail_s + 2 * tail_c + tail_d).clamp_min(0)
-        scale[fi] = tail_s + 2 * tail_c.abs() + nd2
-    floor = _explicit_floor(dt) * scale
-    redo_a = (r > 0) & ~full_a & (exact | (ra2 < floor))
-    redo_b = (r > 0) & ~full_b & (exact | (rb2 < floor))
+            ra2[fi] = a2
+    floor = _explicit_floor(ref.dtype) * scale
+    redo_a = (r > 0) & ~full_a & (ref.exact | (ra2 < floor))
+    redo_b = (r > 0) & ~full_b & (ref.exact | (rb2 < floor))
     if bool((redo_a | redo_b).any()):
-        for i in (redo_a | redo_b).nonzero().squeeze(1).tolist():  # rare: rank-deficient references, cancellation
-            ri = int(r[i])
-            zy = out.z[i]
-            u = ref.u[i, :, :ri]
-            if bool(redo_a[i]):
-                ra2[i] = (zy - u @ (u.transpose(-1, -2) @ zy)).pow(2).sum()
-            if bool(redo_b[i]):
-                if bool(exact[i]):
-                    v = ref.v(i)[:, :ri]
-                else:
-                    v = (u.transpose(-1, -2) @ ref.z[i]).transpose(-1, -2) / ref.s[i, :ri]
-                rb2[i] = (zy - (zy @ v) @ v.transpose(-1, -2)).pow(2).sum()
+        _explicit_residuals(ref, out, r, redo_a, redo_b, ra2, rb2)
     ra2 = torch.where(full_a, torch.zeros_like(ra2), ra2)
     rb2 = torch.where(full_b, torch.zeros_like(rb2), rb2)
     return ra2, rb2, ny2
+
+
+def _gram_residuals(ref: State, dr: State, rr: torch.Tensor, fi, need_a: bool):
+    """Side a's and side b's squared residuals and their cancellation scale, from X_ref's Gram eigen-basis, for the
+    samples `fi` (ranks `rr`); side a is None when `need_a` is False (the projector is the identity there)."""
+    m, dt = ref.m, ref.dtype
+    rmax = int(rr.max())
+    lam = ref.s[fi].pow(2)
+    zd, zr = dr.z[fi], ref.z[fi]
+    nd2 = _sq(zd)
+    keep = torch.arange(m, device=rr.device) < rr[:, None]
+    inv = torch.where(keep & (lam > 0), 1.0 / lam.clamp_min(torch.finfo(dt).tiny), torch.zeros_like(lam))
+    tail_s = (lam * ~keep).sum(-1)
+    if 2 * rmax < m:  # few kept directions: thin products through Z_ref^T U_r, O(m n r)
+        tail_c, proj_b, proj_a = _thin_terms(ref.u[fi, :, :rmax], zd, zr, dr, fi, keep[:, :rmax], inv[:, :rmax],
+                                             need_a)
+        common = tail_s + 2 * tail_c + nd2
+        a2 = (common - proj_a).clamp_min(0) if need_a else None
+    else:
+        tail_c, proj_b, tail_d = _complete_basis_terms(ref.u[fi], zd, zr, keep, inv, int(rr.min()), need_a)
+        common = tail_s + 2 * tail_c + nd2
+        a2 = (tail_s + 2 * tail_c + tail_d).clamp_min(0) if need_a else None
+    return a2, (common - proj_b).clamp_min(0), tail_s + 2 * tail_c.abs() + nd2
+
+
+def _thin_terms(u, zd, zr, dr: State, fi, keep, inv, need_a: bool):
+    """With the r kept directions U_r: (sum_{i>r} u_i^T C u_i, side b's kept part, side a's kept part or None)."""
+    # C U_r = Z_D Z_ref^T U_r, formed as ((U_r^T Z_ref) Z_D^T)^T: a thin right factor against a transposed big
+    # operand takes a slow BLAS path (10-20x), a thin left factor does not
+    cu = ((u.transpose(-1, -2) @ zr) @ zd.transpose(-1, -2)).transpose(-1, -2)
+    head = ((cu * u).sum(-2) * keep).sum(-1)
+    tail_c = _dot(zd, zr) - head  # tr C - sum_{i<=r} u_i^T C u_i
+    proj_b = (cu.pow(2).sum(-2) * inv).sum(-1)
+    proj_a = None
+    if need_a:
+        ud = u.transpose(-1, -2) @ zd if dr._gram is None else None
+        pa = ud.pow(2).sum(-1) if ud is not None else ((dr.gram()[fi] @ u) * u).sum(-2)
+        proj_a = (pa * keep).sum(-1)
+    return tail_c, proj_b, proj_a
+
+
+def _complete_basis_terms(u, zd, zr, keep, inv, rmin: int, need_a: bool):
+    """With the complete basis U of the smaller side: (sum_{i>r} u_i^T C u_i, side b's kept part, side a's dropped
+    part or None). I - P_C = U_tail U_tail^T, so the few dropped directions give side a without any subtraction."""
+    cu = (zd @ zr.transpose(-1, -2)) @ u
+    tail_c = ((cu * u).sum(-2) * ~keep).sum(-1)
+    proj_b = (cu.pow(2).sum(-2) * inv).sum(-1)
+    tail_d = None
+    if need_a:
+        ut_zd = u[:, :, rmin:].transpose(-1, -2) @ zd
+        tail_d = (ut_zd.pow(2).sum(-1) * ~keep[:, rmin:]).sum(-1)
+    return tail_c, proj_b, tail_d
+
+
+def _explicit_residuals(ref: State, out: State, r, redo_a, redo_b, ra2, rb2) -> None:
+    """Recompute, in place, the residuals the Gram route cannot give safely (rare: rank-deficient references,
+    cancellation) from X' and explicit projectors."""
+    for i in (redo_a | redo_b).nonzero().squeeze(1).tolist():
+        ri = int(r[i])
+        zy = out.z[i]
+        u = ref.u[i, :, :ri]
+        if bool(redo_a[i]):
+            ra2[i] = (zy - u @ (u.transpose(-1, -2) @ zy)).pow(2).sum()
+        if bool(redo_b[i]):
+            if bool(ref.exact[i]):
+                v = ref.v(i)[:, :ri]
+            else:
+                v = (u.transpose(-1, -2) @ ref.z[i]).transpose(-1, -2) / ref.s[i, :ri]
+            rb2[i] = (zy - (zy @ v) @ v.transpose(-1, -2)).pow(2).sum()
 
 
 def _combine(a: torch.Tensor, b: torch.Tensor, how: str) -> torch.Tensor:
