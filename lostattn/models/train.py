@@ -41,7 +41,8 @@ class TrainConfig:
     # Stage 2 keeps the vision tower frozen, as LLaVA keeps its CLIP encoder frozen; its features are then computed
     # once per image instead of once per question (the same numbers, a sixth of the work saved).
     freeze_vision: bool = True
-    # The question families trained on: the scored ones plus training-only ones (lostattn.tasks.synthetic.AUX_QUESTION_FAMILIES).
+    # The question families trained on: the scored ones plus training-only ones
+    # (lostattn.tasks.synthetic.AUX_QUESTION_FAMILIES).
     families: tuple[str, ...] = QUESTION_FAMILIES
     aux_families: tuple[str, ...] = ("letter", "locate")
     # Batches are drawn from length-sorted pools of `bucket` batches, so that a long question (multiple choice) or
@@ -189,61 +190,59 @@ def train_embedded(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), arch: 
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _train(out: Path, cfg: TrainConfig, arch: EmbeddedArch, bench_cfg: SyntheticConfig | None,
-           progress: bool) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    bench = SyntheticBenchmark(bench_cfg)
-    started = provenance(seed=cfg.seed)  # the code state the model is trained from
-    model, processor = build_embedded(bench, arch, seed=cfg.seed)
-    ids, starts, pixels, image_index = encode_split(bench, processor, "train", families=tuple(cfg.families) + tuple(cfg.aux_families))
-    pad = processor.tokenizer.pad_token_id
-    t0 = time.perf_counter()
-    curve = pretrain_vision(model, pixels, cell_labels(bench, "train"), cfg, progress)
-    feats = None
-    if cfg.freeze_vision:
-        model.model.vision_tower.requires_grad_(False)
-        model.model.vision_tower.eval()
-        feats = vision_features(model, pixels)
-    n = len(ids)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the matrices only (no decay on norms and biases)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
 
+
+def _lr_schedule(cfg: TrainConfig, total: int):
+    """The learning rate at each step: linear warm-up, then a cosine decay to 0 over the remaining steps."""
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:
             return cfg.lr * (step + 1) / cfg.warmup_steps
         frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
+    return lr_at
 
+
+def _answer_loss(model, batch, pixels, feats, image_index) -> torch.Tensor:
+    """The mean over questions of each answer's mean token cross-entropy (every question weighs the same, whatever
+    its answer's length); images enter as pixels, or as precomputed features when the vision tower is frozen."""
+    input_ids, labels, mask, rows = batch
+    if feats is None:
+        logits = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels[image_index[rows]]).logits[:, :-1]
+    else:
+        logits = model(inputs_embeds=embed_with_image(model, input_ids, feats[image_index[rows]]),
+                       attention_mask=mask).logits[:, :-1]
+    target = labels[:, 1:]
+    tok = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), target.flatten(),
+                                            reduction="none").view(target.shape)
+    return (tok.sum(1) / (target != -100).sum(1)).mean()
+
+
+def _instruction_tune(model, cfg: TrainConfig, ids, starts, pixels, feats, image_index, pad, curve: list,
+                      t0: float, progress: bool) -> int:
+    """Stage 2: every epoch over the train split in length buckets; appends the loss curve; returns the steps."""
+    total = math.ceil(len(ids) / cfg.batch_size) * cfg.epochs
+    opt, lr_at = _optimizer(model, cfg), _lr_schedule(cfg, total)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
     if feats is not None:
         model.model.vision_tower.eval()
     lengths = [len(x) for x in ids]
-    step = 0
-    running = None
+    step, running = 0, None
     bar = tqdm(total=total, desc="stage 2: instruction tuning", disable=not progress)
-    for epoch in range(cfg.epochs):
+    for _epoch in range(cfg.epochs):
         for rows in batch_order(lengths, cfg.batch_size, cfg.bucket, gen):
             input_ids, labels, mask = _collate(ids, starts, rows, pad)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            if feats is None:
-                logits = model(input_ids=input_ids, attention_mask=mask,
-                               pixel_values=pixels[image_index[rows]]).logits[:, :-1]
-            else:
-                logits = model(inputs_embeds=embed_with_image(model, input_ids, feats[image_index[rows]]),
-                               attention_mask=mask).logits[:, :-1]
-            target = labels[:, 1:]
-            tok = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), target.flatten(),
-                                                    reduction="none").view(target.shape)
-            # every question weighs the same, whatever its answer's length
-            loss = (tok.sum(1) / (target != -100).sum(1)).mean()
+            loss = _answer_loss(model, (input_ids, labels, mask, rows), pixels, feats, image_index)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -257,14 +256,39 @@ def _train(out: Path, cfg: TrainConfig, arch: EmbeddedArch, bench_cfg: Synthetic
                 bar.set_postfix(loss=f"{running:.3f}")
     bar.close()
     model.eval()
+    return total
+
+
+def _save(out: Path, model, processor, curve: list, meta: dict) -> None:
+    """The model and processor, the training curve (CSV) and the training metadata (JSON)."""
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     with open(out / "training_curve.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(curve[0]))
         w.writeheader()
         w.writerows(curve)
-    meta = dict(started, train=asdict(cfg), arch=arch.to_dict(), benchmark=bench.cfg.to_dict(),
-                      train_samples=n, steps=total, train_seconds=round(time.perf_counter() - t0, 1),
-                      parameters=sum(p.numel() for p in model.parameters()))
     (out / "train_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _train(out: Path, cfg: TrainConfig, arch: EmbeddedArch, bench_cfg: SyntheticConfig | None,
+           progress: bool) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    bench = SyntheticBenchmark(bench_cfg)
+    started = provenance(seed=cfg.seed)  # the code state the model is trained from
+    model, processor = build_embedded(bench, arch, seed=cfg.seed)
+    ids, starts, pixels, image_index = encode_split(bench, processor, "train",
+                                                    families=tuple(cfg.families) + tuple(cfg.aux_families))
+    t0 = time.perf_counter()
+    curve = pretrain_vision(model, pixels, cell_labels(bench, "train"), cfg, progress)
+    feats = None
+    if cfg.freeze_vision:
+        model.model.vision_tower.requires_grad_(False)
+        model.model.vision_tower.eval()
+        feats = vision_features(model, pixels)
+    total = _instruction_tune(model, cfg, ids, starts, pixels, feats, image_index, processor.tokenizer.pad_token_id,
+                              curve, t0, progress)
+    meta = dict(started, train=asdict(cfg), arch=arch.to_dict(), benchmark=bench.cfg.to_dict(),
+                train_samples=len(ids), steps=total, train_seconds=round(time.perf_counter() - t0, 1),
+                parameters=sum(p.numel() for p in model.parameters()))
+    _save(out, model, processor, curve, meta)
     return out
