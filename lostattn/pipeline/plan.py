@@ -49,85 +49,106 @@ class MatrixCell:
         return (" × ".join(parts) + " · " if parts else "") + self.notebook
 
 
+Combo = tuple[str, "dict | None", "dict | None"]  # (notebook, model entry, benchmark entry)
+
+
 def plan(prof: Profile, results: str | Path | None = None) -> list[MatrixCell]:
     """Every cell of the profile, numbered from 1 in the fixed order (model, benchmark, notebook; once-only
     notebooks last)."""
     results = Path(results) if results else profiles.RESULTS_DIR / prof.name
-    common = dict(prof.common)
-    if prof.conditions is not None:
-        common["modes"] = list(prof.conditions)
-    specs: list[tuple[str, dict | None, dict | None]] = []
+    combos = _combinations(prof)
+    per_nb: dict[str, int] = {}
+    for nb, _, _ in combos:
+        per_nb[nb] = per_nb.get(nb, 0) + 1
+    book_at = _book_cells(prof, combos)
+    cells = [_cell(prof, i, combo, results, book=book_at[combo[0]] == i - 1, alone=per_nb[combo[0]] == 1)
+             for i, combo in enumerate(combos, start=1)]
+    _refuse_overlaps(cells, prof)
+    return cells
+
+
+def _entry(prof: Profile, nb: str, axis: str, loop_value: dict, sec: dict) -> dict | None:
+    """The model or benchmark entry a notebook runs with: none when it has no such parameter, the one its section
+    pins, the loop's when it runs over that axis, else the profile's first."""
+    entries = prof.models if axis == "model" else prof.benchmarks
+    if axis not in notebook_parameters(nb):
+        return None
+    if axis in sec:  # pinned by the notebook's section
+        v = str(sec[axis])
+        for e in entries:
+            if v in (e["name"], e.get("path")):
+                return e
+        return {"name": Path(v).name if axis == "model" else v, **({"path": v} if axis == "model" else {})}
+    return loop_value if axis in _over(nb, sec) else entries[0]
+
+
+def _combinations(prof: Profile) -> list[Combo]:
+    """The distinct (notebook, model, benchmark) combinations in the fixed order; once-only notebooks last."""
+    combos: list[Combo] = []
     seen = set()
-
-    def pick(nb, axis, loop_value, sec):
-        entries = prof.models if axis == "model" else prof.benchmarks
-        if axis not in notebook_parameters(nb):
-            return None
-        if axis in sec:  # pinned by the notebook's section
-            v = str(sec[axis])
-            for e in entries:
-                if v in (e["name"], e.get("path")):
-                    return e
-            return {"name": Path(v).name if axis == "model" else v, **({"path": v} if axis == "model" else {})}
-        return loop_value if axis in _over(nb, sec) else entries[0]
-
     for m in prof.models:
         for b in prof.benchmarks:
             for nb in prof.run:
                 sec = prof.sections.get(nb, {})
                 if not _over(nb, sec):
                     continue
-                me, be = pick(nb, "model", m, sec), pick(nb, "benchmark", b, sec)
+                me, be = _entry(prof, nb, "model", m, sec), _entry(prof, nb, "benchmark", b, sec)
                 ident = (nb, me["name"] if me else None, be["name"] if be else None)
                 if ident not in seen:
                     seen.add(ident)
-                    specs.append((nb, me, be))
+                    combos.append((nb, me, be))
     for nb in prof.run:
         sec = prof.sections.get(nb, {})
         if not _over(nb, sec):
-            specs.append((nb, pick(nb, "model", prof.models[0], sec), pick(nb, "benchmark", prof.benchmarks[0], sec)))
+            combos.append((nb, _entry(prof, nb, "model", prof.models[0], sec),
+                           _entry(prof, nb, "benchmark", prof.benchmarks[0], sec)))
+    return combos
 
-    per_nb: dict[str, int] = {}
-    for nb, _, _ in specs:
-        per_nb[nb] = per_nb.get(nb, 0) + 1
-    book_at: dict[str, int] = {}  # notebook -> index in specs of its book cell: the first best match
-    for j, (nb, me, be) in enumerate(specs):
+
+def _book_cells(prof: Profile, combos: list[Combo]) -> dict[str, int]:
+    """notebook -> index in `combos` of the cell the book shows: the first best match of the `book` choice."""
+    book_at: dict[str, int] = {}
+    for j, (nb, me, be) in enumerate(combos):
         want = {**prof.book, **(prof.sections.get(nb, {}).get("book") or {})}
         score = _book_score(me, be, want)
-        if nb not in book_at or score > _book_score(specs[book_at[nb]][1], specs[book_at[nb]][2], want):
+        if nb not in book_at or score > _book_score(combos[book_at[nb]][1], combos[book_at[nb]][2], want):
             book_at[nb] = j
-    cells = []
-    for i, (nb, me, be) in enumerate(specs, start=1):
-        sec = prof.sections.get(nb, {})
-        declared = notebook_parameters(nb)
-        once = not _over(nb, sec)
-        book = book_at[nb] == i - 1
-        root = results if (book or once) else results / "cells" / _slug(me["name"] if me else "any") / \
-            _slug(be["name"] if be else "any")
-        params = {}
-        for src in (common, {k: v for k, v in (be or {}).items() if k != "name"},
-                    {k: v for k, v in sec.items() if k not in SECTION_KEYS and k not in ("out_dir",)},
-                    {k: v for k, v in (me or {}).items() if k not in ("name", "path")}):
-            params.update(src)
-        if me is not None:
-            params["model"] = me["path"]
-        if be is not None:
-            params["benchmark"] = be["name"]
-        params = {k: v for k, v in params.items() if k in declared}
-        if "out_dir" in sec:
-            user = _local(str(sec["out_dir"]))
-            out = user if per_nb[nb] == 1 else user / _slug(me["name"] if me else "any") / \
-                _slug(be["name"] if be else "any")
-        else:
-            out = root / nb
-        context = {"profile": prof.name, "out_dir": str(out), "results": str(results),
-                   "model_name": me["name"] if me else None,
-                   "config": str(prof.path) if prof.explicit_config else None}
-        params.update({k: v for k, v in context.items() if k in declared})
-        params.setdefault("out_dir", str(out))
-        cells.append(MatrixCell(i, nb, me["name"] if me else None, be["name"] if be else None, params, root, book, once))
-    _refuse_overlaps(cells, prof)
-    return cells
+    return book_at
+
+
+def _cell(prof: Profile, number: int, combo: Combo, results: Path, book: bool, alone: bool) -> MatrixCell:
+    """One numbered cell: its parameters (the more specific source wins: common, benchmark entry, notebook section,
+    model entry; only those the notebook declares), its root and its output folder."""
+    nb, me, be = combo
+    sec = prof.sections.get(nb, {})
+    declared = notebook_parameters(nb)
+    once = not _over(nb, sec)
+    where = (_slug(me["name"] if me else "any"), _slug(be["name"] if be else "any"))
+    root = results if (book or once) else results / "cells" / where[0] / where[1]
+    common = dict(prof.common)
+    if prof.conditions is not None:
+        common["modes"] = list(prof.conditions)
+    params = {}
+    for src in (common, {k: v for k, v in (be or {}).items() if k != "name"},
+                {k: v for k, v in sec.items() if k not in SECTION_KEYS and k not in ("out_dir",)},
+                {k: v for k, v in (me or {}).items() if k not in ("name", "path")}):
+        params.update(src)
+    if me is not None:
+        params["model"] = me["path"]
+    if be is not None:
+        params["benchmark"] = be["name"]
+    params = {k: v for k, v in params.items() if k in declared}
+    if "out_dir" in sec:
+        user = _local(str(sec["out_dir"]))
+        out = user if alone else user / where[0] / where[1]
+    else:
+        out = root / nb
+    context = {"profile": prof.name, "out_dir": str(out), "results": str(results),
+               "model_name": me["name"] if me else None,
+               "config": str(prof.path) if prof.explicit_config else None}
+    params.update({k: v for k, v in context.items() if k in declared})
+    params.setdefault("out_dir", str(out))
+    return MatrixCell(number, nb, me["name"] if me else None, be["name"] if be else None, params, root, book, once)
 
 
 def _book_score(model: dict | None, bench: dict | None, want: dict) -> int:
