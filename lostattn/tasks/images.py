@@ -19,6 +19,7 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lostattn.tasks.types import BenchmarkDataError, MissingImageError
@@ -38,6 +39,25 @@ def looks_like_image(head: bytes) -> bool:
     return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """`im` as 8-bit RGB with its real values: 16-bit and 32-bit integer greyscale (modes I;16*, I: PNG and TIFF
+    16-bit images) scaled from 0-65535 to 0-255 and float greyscale (F) from 0-1 (or clipped to 0-255 when its values
+    exceed 1), where PIL's own convert("RGB") clips every value above 255 to white."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im, dtype=np.float64) / 257.0  # 65535 / 255: the 16-bit range onto the 8-bit one
+    elif im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = a * 255.0 if np.nanmax(a, initial=0.0) <= 1.0 else a
+    else:
+        return im.convert("RGB")
+    return Image.fromarray(np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8), "L").convert("RGB")
+
+
+def _too_large(where: str, e: Exception) -> BenchmarkDataError:
+    return BenchmarkDataError(f"{where}: the image is too large to decode safely ({e}); shrink it (e.g. to at most "
+                              f"{Image.MAX_IMAGE_PIXELS} pixels) or replace it with the benchmark's original")
+
+
 class ImageRef:
     """A lazily decoded image; calling it returns the RGB PIL image or raises an error naming where it came from."""
 
@@ -47,7 +67,9 @@ class ImageRef:
     def _decode(self, data: bytes) -> Image.Image:
         try:
             with Image.open(io.BytesIO(data)) as im:
-                return im.convert("RGB")
+                return to_rgb(im)
+        except Image.DecompressionBombError as e:
+            raise _too_large(self.where, e) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise BenchmarkDataError(f"{self.where}: the stored image cannot be decoded ({e}); the file is damaged "
                                      f"or truncated: re-export or re-download the benchmark") from None
@@ -65,7 +87,9 @@ class FileImage(ImageRef):
             raise MissingImageError(f"{self.where}: image file {self.path} does not exist{self.hint}")
         try:
             with Image.open(self.path) as im:
-                return im.convert("RGB")
+                return to_rgb(im)
+        except Image.DecompressionBombError as e:
+            raise _too_large(f"{self.where}: image file {self.path}", e) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise BenchmarkDataError(f"{self.where}: image file {self.path} cannot be decoded ({e}); replace it "
                                      f"with the original image") from None
