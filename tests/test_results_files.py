@@ -76,12 +76,50 @@ def test_files_of_the_previous_format_are_refused(lm, samples, tmp_path):
     assert len(_lines(out)) == 2  # untouched
 
 
-def test_a_record_made_from_other_inputs_is_refused(lm, samples, tmp_path):
+def test_a_record_made_from_other_inputs_is_computed_again(lm, samples, tmp_path):
     out = tmp_path / "run.jsonl"
-    evaluate(lm, samples[:2], out, SPEC, progress=False)
+    first = evaluate(lm, samples[:2], out, SPEC, progress=False)
     edited = [dataclasses.replace(samples[0], question=samples[0].question + " Really?"), samples[1]]
-    with pytest.raises(ValueError, match=f"sample {samples[0].id!r} was made from other inputs"):
-        evaluate(lm, edited, out, SPEC, progress=False)
+    again = evaluate(lm, edited, out, SPEC, progress=False)
+    assert len(_lines(out)) == 1 + 3  # header, two records, the edited sample's new one
+    assert again["inputs"].iloc[0] != first["inputs"].iloc[0] and again["inputs"].iloc[1] == first["inputs"].iloc[1]
+
+
+def test_an_overwritten_image_file_is_noticed_and_its_reply_computed_again(lm, samples, tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "a.png"
+    samples[0].load_image().save(img)
+    s = dataclasses.replace(samples[0], image=str(img))
+    out = tmp_path / "run.jsonl"
+    first = evaluate(lm, [s], out, SPEC, progress=False)
+    assert len(evaluate(lm, [s], out, SPEC, progress=False)) == 1 and len(_lines(out)) == 2  # unchanged: reused
+    Image.new("RGB", (64, 64), "black").save(img)  # same name, other content
+    again = evaluate(lm, [s], out, SPEC, progress=False)
+    assert len(_lines(out)) == 3 and again["inputs"].iloc[0] != first["inputs"].iloc[0]
+
+
+def test_arrow_and_file_images_are_identified_by_their_content(tmp_path):
+    import io
+
+    import pyarrow as pa
+    from PIL import Image
+
+    from lostattn.tasks.images import ArrowImage, file_fingerprint, image_fingerprint
+
+    def png(colour):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(buf, format="PNG")
+        return buf.getvalue()
+
+    col = pa.chunked_array([pa.array([{"bytes": png("red"), "path": None}, {"bytes": png("blue"), "path": None}])])
+    red, blue = (image_fingerprint(ArrowImage(col, i, "x")) for i in (0, 1))
+    assert red != blue and red == image_fingerprint(ArrowImage(col, 0, "y"))
+    (tmp_path / "a.png").write_bytes(png("red"))
+    before = file_fingerprint(tmp_path / "a.png")
+    (tmp_path / "a.png").write_bytes(png("blue"))
+    assert file_fingerprint(tmp_path / "a.png") != before
+    assert file_fingerprint(tmp_path / "gone.png").endswith(":missing")
 
 
 @pytest.mark.parametrize("sap_cfg", [None, SAPConfig(mode="gaussian_noise")], ids=["vanilla", "sap"])

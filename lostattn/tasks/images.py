@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import re
 from pathlib import Path
@@ -82,6 +83,9 @@ class FileImage(ImageRef):
         super().__init__(where)
         self.path, self.hint = Path(path), hint
 
+    def fingerprint(self) -> str:
+        return file_fingerprint(self.path)
+
     def __call__(self) -> Image.Image:
         if not self.path.is_file():
             raise MissingImageError(f"{self.where}: image file {self.path} does not exist{self.hint}")
@@ -102,6 +106,9 @@ class Base64Image(ImageRef):
         super().__init__(where)
         self.data = data
 
+    def fingerprint(self) -> str:
+        return "bytes:" + _sha(self.data.encode())
+
     def __call__(self) -> Image.Image:
         try:
             raw = base64.b64decode(self.data)
@@ -117,6 +124,9 @@ class BytesImage(ImageRef):
     def __init__(self, data: bytes, where: str):
         super().__init__(where)
         self.data = data
+
+    def fingerprint(self) -> str:
+        return "bytes:" + _sha(self.data)
 
     def __call__(self) -> Image.Image:
         return self._decode(self.data)
@@ -139,10 +149,59 @@ class ArrowImage(ImageRef):
         super().__init__(where)
         self.column, self.index = column, index
 
-    def __call__(self) -> Image.Image:
+    def _bytes(self) -> bytes:
         value = self.column[self.index].as_py()
-        data = value.get("bytes") if isinstance(value, dict) else value
-        return self._decode(data)
+        return value.get("bytes") if isinstance(value, dict) else value
+
+    def fingerprint(self) -> str:
+        return "bytes:" + _sha(self._bytes() or b"")
+
+    def __call__(self) -> Image.Image:
+        return self._decode(self._bytes())
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+_WHOLE_BELOW = 64 << 20  # image files up to this size are hashed whole
+_SAMPLE = 1 << 20
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """What identifies an image file's content: its name and the SHA-256 of its bytes (all of them up to 64 MB;
+    beyond, the first and last MB with the size and modification time, so an edit in the middle still shows), or
+    'missing'. The folder it lies in is not part of it: moving a benchmark keeps its keys."""
+    p = Path(path)
+    if not p.is_file():
+        return f"file:{p.name}:missing"
+    h = hashlib.sha256()
+    st = p.stat()
+    with p.open("rb") as fh:
+        if st.st_size < _WHOLE_BELOW:
+            h.update(fh.read())
+        else:
+            h.update(fh.read(_SAMPLE))
+            fh.seek(st.st_size - _SAMPLE)
+            h.update(fh.read(_SAMPLE))
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return f"file:{p.name}:{h.hexdigest()[:16]}"
+
+
+def image_fingerprint(img) -> str:
+    """What identifies a sample's image content, for the keys of records and cells: 'none' without an image; the
+    bytes (or a file's `file_fingerprint`) of a stored image; the pixels of an image in memory; a generated
+    image's own fingerprint (the synthetic benchmark: its definition, split and index)."""
+    if img is None:
+        return "none"
+    if isinstance(img, (str, Path)):
+        return file_fingerprint(img)
+    if isinstance(img, Image.Image):
+        return "pixels:" + _sha(f"{img.mode}{img.size}".encode() + img.tobytes())
+    if hasattr(img, "fingerprint"):
+        return img.fingerprint()
+    raise TypeError(f"an image of type {type(img).__name__} has no fingerprint; give it a fingerprint() method, so "
+                    f"that a change of its content is noticed")
 
 
 def _not_an_image(where: str, what: str) -> BenchmarkDataError:

@@ -384,5 +384,11 @@ class _ImageFactory:
     def __init__(self, bench: SyntheticBenchmark, split: str, index: int):
         self.bench, self.split, self.index = bench, split, index
 
+    def fingerprint(self) -> str:
+        """The definition, split and scene this image is drawn from (it is rendered from them alone)."""
+        cfg = json.dumps(self.bench.cfg.to_dict(), sort_keys=True)
+        scene = repr(self.bench.scenes[self.split][self.index].key())
+        return "synthetic:" + hashlib.sha256(f"{cfg}|{self.split}|{self.index}|{scene}".encode()).hexdigest()[:16]
+
     def __call__(self) -> Image.Image:
         return self.bench.image(self.split, self.index)
