@@ -15,10 +15,24 @@ from lostattn.models.prompts import load_images, prepare_inputs
 from lostattn.inference.protocols import Protocol, get_protocol
 
 
+def refuse_overlong(lm, samples, inputs, max_new_tokens: int) -> None:
+    """Refuse, naming the sample, a prompt (image tokens included) that leaves no room in the model's context for
+    the reply: positions beyond it were never trained, and the reply would be scored as if nothing were wrong."""
+    limit = getattr(lm.adapter.text_config, "max_position_embeddings", None)
+    if not limit or "attention_mask" not in inputs:
+        return
+    for s, n in zip(samples, inputs["attention_mask"].sum(1).tolist()):
+        if n + max_new_tokens > limit:
+            raise ValueError(f"sample {s.id}: its prompt is {n} tokens (the image's included), and with "
+                             f"{max_new_tokens} new tokens it exceeds the model's context of {limit} tokens; shorten "
+                             f"the question, lower max_new_tokens, or leave the sample out")
+
+
 def _generate(lm, samples, protocol: Protocol, sap_cfg, blind: bool, images) -> list[str]:
     from lostattn.sap.replace import sap
 
     inputs = prepare_inputs(lm, samples, blind, protocol, images=images)
+    refuse_overlong(lm, samples, inputs, protocol.max_new_tokens)
     keys = [s.id for s in samples]
     ctx = sap(lm, sap_cfg, inputs, keys, images) if (sap_cfg is not None and images is not None) else nullcontext()
     with torch.no_grad(), ctx:
