@@ -202,3 +202,39 @@ def test_a_prompt_longer_than_the_context_is_refused_naming_the_sample(lm, sampl
     with pytest.raises(ValueError, match=r"sample too-long: its prompt is \d+ tokens .* context of 256 tokens"):
         evaluate(lm, [samples[0], long], out, SPEC, batch_size=1, progress=False)
     assert len(_lines(out)) == 2  # the sample before it is kept, nothing was scored for it
+
+
+def test_a_full_disk_names_the_file_being_written_and_keeps_the_records(lm, samples, tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    out = tmp_path / "run.jsonl"
+    evaluate(lm, samples[:1], out, SPEC, progress=False)
+    real_open = Path.open
+
+    class Full:  # a file on a full disk: opening works, writing does not
+        def __init__(self, f):
+            self.f = f
+
+        def tell(self):
+            return self.f.tell()
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            self.f.close()
+
+    def fake_open(self, mode="r", *args, **kwargs):
+        f = real_open(self, mode, *args, **kwargs)
+        return Full(f) if self == out and "a" in mode else f
+
+    monkeypatch.setattr(Path, "open", fake_open)
+    with pytest.raises(OSError, match=f"No space left on device while writing {out}; what was written before is "
+                                      f"kept"):
+        evaluate(lm, samples[:2], out, SPEC, progress=False)
+    monkeypatch.undo()
+    assert len(_lines(out)) == 2 and json.loads(_lines(out)[1])["id"] == samples[0].id

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from lostattn.pipeline.plan import MatrixCell
+from lostattn.provenance import writing
 
 MARKER = ".lostattn.json"
 _LEGACY_MARKER = ".runkey"  # what earlier versions left in the folders they created
@@ -30,7 +31,8 @@ def read_marker(folder: Path) -> dict | None:
 
 def _write_marker(folder: Path, marker: dict) -> None:
     tmp = folder / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=1) + "\n")
+    with writing(tmp):  # the old marker stays until the new one is whole
+        tmp.write_text(json.dumps(marker, indent=1) + "\n")
     os.replace(tmp, folder / MARKER)
 
 

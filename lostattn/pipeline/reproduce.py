@@ -43,6 +43,7 @@ from lostattn.pipeline.folders import _update_marker, check_out_dir, prepare_out
 from lostattn.pipeline.keys import CacheKeys, up_to_date
 from lostattn.pipeline.plan import MatrixCell, _local, plan, select
 from lostattn.pipeline.profiles import NOTEBOOKS, Profile, load_profile
+from lostattn.provenance import writing
 
 def _command(prof: Profile, number: int) -> str:
     cmd = ["lostattn", "reproduce", "--profile", prof.name]
@@ -191,7 +192,8 @@ def _run_cell(cell: MatrixCell, key: str) -> tuple[str, Path | None] | None:
                 _update_marker(cell, marker, state="failed", error=_failure_text(err))
                 return (_failure_text(err), cell.out_nb if cell.out_nb.is_file() else None)
             _update_marker(cell, marker, state="done", seconds=round(time.perf_counter() - t, 1))
-            cell.key_file.write_text(key)
+            with writing(cell.key_file):
+                cell.key_file.write_text(key)
             return None
     except Busy as err:
         return (str(err), None)
