@@ -231,6 +231,39 @@ def test_only_the_projects_files_are_removed_when_a_cell_starts_afresh(tmp_path,
     assert folders.read_marker(out)["files"] == ["table.csv"] and calls == [1, 1]
 
 
+def test_user_files_written_during_or_after_a_run_are_never_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
+    out = tmp_path / "out"
+    data = {"notebooks": {"11_layer_curves": {"out_dir": str(out)}}, "run": ["11_layer_curves"]}
+    cfg = write_profile(tmp_path, data)
+    calls = []
+    table_and_notes = fake_run(calls)
+
+    def run(cell, progress=None):  # the user saves notes into the folder while the cell runs
+        table_and_notes(cell, progress)
+        (cell.out_dir / "notes.md").write_text("my reading of the table")
+        if progress is not None and progress.on_cell_done:
+            progress.on_cell_done()
+
+    monkeypatch.setattr(rp, "run_notebook", run)
+    assert rp.reproduce("mine", config=str(cfg), build_book=False) == 0
+    assert folders.read_marker(out)["files"] == ["table.csv"]
+    data["common"] = {"seed": 1}
+    write_profile(tmp_path, data)
+    with pytest.raises(ValueError, match=r"holds files lostattn did not write \(notes.md\)"):
+        rp.reproduce("mine", config=str(cfg), build_book=False)
+    assert (out / "notes.md").read_text() == "my reading of the table"
+
+    # after a kill (the marker still says running): a new analysis notebook of the user's is not claimed either
+    marker = folders.read_marker(out)
+    marker.update(state="running", run_started=time.time() - 60)
+    (out / folders.MARKER).write_text(json.dumps(marker))
+    (out / "analysis.ipynb").write_text("{}")
+    with pytest.raises(ValueError, match=r"analysis.ipynb, notes.md"):
+        rp.reproduce("mine", config=str(cfg), build_book=False)
+    assert (out / "analysis.ipynb").is_file() and (out / "notes.md").is_file()
+
+
 def test_a_folder_left_by_an_earlier_version_is_taken_over(tmp_path, monkeypatch):
     monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path)
     legacy = tmp_path / "tiny" / "11_layer_curves"

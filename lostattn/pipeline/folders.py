@@ -13,6 +13,15 @@ from lostattn.provenance import writing
 MARKER = ".lostattn.json"
 _LEGACY_MARKER = ".runkey"  # what earlier versions left in the folders they created
 MTIME_SLACK_S = 2.0  # file systems with coarse timestamps, clocks of other nodes
+# The kinds of file a cell writes (tables and their .meta.json sidecars, figures, results records, the records'
+# lock files). A file is the project's when the marker lists it; one the marker could not list yet (written after
+# the last notebook cell of a run that was then killed) counts as the project's only if it is of these kinds and
+# newer than that run's start: a user's notes, notebooks or anything else put in the folder are never removed.
+PROJECT_KINDS = (".csv", ".json", ".jsonl", ".png", ".lock")
+
+
+def _project_kind(name: str) -> bool:
+    return Path(name).suffix in PROJECT_KINDS
 
 def _files(folder: Path) -> list[str]:
     skip = {MARKER, MARKER + ".tmp", _LEGACY_MARKER}
@@ -43,8 +52,8 @@ def _ownership(folder: Path) -> tuple[dict | None, list[str], list[str]]:
     marker = read_marker(folder)
     files = _files(folder)
     if marker is None:
-        if (folder / _LEGACY_MARKER).is_file():
-            return None, files, []
+        if (folder / _LEGACY_MARKER).is_file():  # earlier versions listed nothing: only the kinds they wrote
+            return None, [f for f in files if _project_kind(f)], [f for f in files if not _project_kind(f)]
         return None, [], files
     listed = set(marker.get("files", []))
     killed = marker.get("state") == "running"
@@ -52,7 +61,7 @@ def _ownership(folder: Path) -> tuple[dict | None, list[str], list[str]]:
     ours, foreign = [], []
     for f in files:
         p = folder / f
-        (ours if f in listed or p.lstat().st_mtime >= since else foreign).append(f)
+        (ours if f in listed or (_project_kind(f) and p.lstat().st_mtime >= since) else foreign).append(f)
     return marker, ours, foreign
 
 
@@ -108,7 +117,7 @@ def _update_marker(cell: MatrixCell, marker: dict, **changes) -> None:
     if not out.is_dir():
         return
     since = float(marker["run_started"]) - MTIME_SLACK_S
-    new = {f for f in _files(out) if (out / f).lstat().st_mtime >= since}
+    new = {f for f in _files(out) if _project_kind(f) and (out / f).lstat().st_mtime >= since}
     marker["files"] = sorted(set(marker.get("files", [])) | new)
     marker.update(changes)
     _write_marker(out, marker)
