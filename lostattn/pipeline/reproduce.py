@@ -42,7 +42,7 @@ from lostattn.pipeline.execute import NotebookProgress, _failure_text, _hms, run
 from lostattn.pipeline.folders import _update_marker, check_out_dir, prepare_out_dir, read_marker
 from lostattn.pipeline.keys import CacheKeys, up_to_date
 from lostattn.pipeline.plan import MatrixCell, _local, plan, select
-from lostattn.pipeline.profiles import NOTEBOOKS, Profile, load_profile
+from lostattn.pipeline.profiles import NOTEBOOKS, Profile, check_inputs, load_profile
 from lostattn.provenance import writing
 
 def _command(prof: Profile, number: int) -> str:
@@ -97,6 +97,7 @@ def reproduce(profile: str = "tiny", only=None, force: bool = False, config: str
     """Run the profile's cells (all, or those the options select), skipping finished ones and going on past
     failures; then build the book when the whole profile ran. Returns the exit status (1 when a cell failed)."""
     prof = load_profile(profile, config)
+    check_inputs(prof, devices=not plan_only)  # every path (and device) named before any cell runs
     cells = plan(prof)
     chosen = select(cells, only, model, benchmark, cell)
     keys = CacheKeys(cells)
