@@ -2,6 +2,7 @@
 marker (`.lostattn.json`) lists the files the project wrote."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -120,4 +121,12 @@ def _update_marker(cell: MatrixCell, marker: dict, **changes) -> None:
     new = {f for f in _files(out) if _project_kind(f) and (out / f).lstat().st_mtime >= since}
     marker["files"] = sorted(set(marker.get("files", [])) | new)
     marker.update(changes)
+    if changes.get("state") == "done":  # what the finished run's tables were: a later cut or edit is noticed
+        marker["digests"] = {f: file_digest(out / f) for f in marker["files"] if f.endswith(".csv")
+                             and (out / f).is_file()}
     _write_marker(out, marker)
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes (the tables a finished cell wrote, checked again by `lostattn aggregate`)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
