@@ -238,3 +238,17 @@ def test_a_full_disk_names_the_file_being_written_and_keeps_the_records(lm, samp
         evaluate(lm, samples[:2], out, SPEC, progress=False)
     monkeypatch.undo()
     assert len(_lines(out)) == 2 and json.loads(_lines(out)[1])["id"] == samples[0].id
+
+
+def test_a_rank_record_computed_again_replaces_the_merged_one(tmp_path):
+    from lostattn.harness import records, runner
+
+    key, prov = {"run": "k"}, {}
+    out = tmp_path / "run.jsonl"
+    with records.Writer(out, key, prov) as w:
+        w.append([{"id": "a", "inputs": "old", "reply": "x"}, {"id": "b", "inputs": "same", "reply": "y"}])
+    with records.Writer(runner.part_path(out, 1), key, prov) as w:  # rank 1 redid 'a' after its image changed
+        w.append([{"id": "a", "inputs": "new", "reply": "z"}, {"id": "b", "inputs": "same", "reply": "y"}])
+    assert runner.merge_parts(out, key, ["a", "b"], prov) == 1
+    got = records.read(out, key)
+    assert got["a"]["reply"] == "z" and got["b"]["reply"] == "y" and not runner.parts(out)

@@ -23,8 +23,9 @@ notebook; notebooks that run once, such as the aggregated tables, last), so `--p
 runs as an array (`--cell N`). The book's cell of each notebook lands where `lostattn.pipeline.book` reads it
 (results/<profile>/notebooks/<notebook>.ipynb, outputs in results/<profile>/<notebook>/); every other cell under
 results/<profile>/cells/<model>/<benchmark>/. A cell is skipped when its cache key -- the notebook, its
-parameters, the package's source, the data it reads (embedded model, benchmark definition, paper tables, references,
-and the model folder's and benchmark file's fingerprints) -- equals the one stored after its last successful run.
+parameters, the code it runs (the modules it imports, through the import graph), the data it reads (embedded model,
+benchmark definition, paper tables, references, the model folder's fingerprint, the benchmark's samples and the bytes
+of every image they name) -- equals the one stored after its last successful run (`lostattn.pipeline.keys`).
 A cell whose key changed starts from an empty output folder; one interrupted with the same key resumes (the harness
 skips finished samples). A failing cell does not stop the others: every failure is listed at the end.
 
