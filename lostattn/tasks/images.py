@@ -175,8 +175,20 @@ def file_fingerprint(path: str | Path) -> str:
     p = Path(path)
     if not p.is_file():
         return f"file:{p.name}:missing"
-    h = hashlib.sha256()
     st = p.stat()
+    # Within one process, a file seen with the same size and change times is not read again (POPE's samples
+    # share their COCO images); any write changes st_mtime_ns and st_ctime_ns.
+    seen = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if seen not in _FINGERPRINTS:
+        _FINGERPRINTS[seen] = _hash_image_file(p, st)
+    return _FINGERPRINTS[seen]
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def _hash_image_file(p: Path, st) -> str:
+    h = hashlib.sha256()
     with p.open("rb") as fh:
         if st.st_size < _WHOLE_BELOW:
             h.update(fh.read())
