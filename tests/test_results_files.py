@@ -199,7 +199,7 @@ def test_a_second_writer_is_refused_and_never_truncates(tmp_path):
 def test_a_prompt_longer_than_the_context_is_refused_naming_the_sample(lm, samples, tmp_path):
     long = dataclasses.replace(samples[1], id="too-long", question="Which colour? " * 200)
     out = tmp_path / "run.jsonl"
-    with pytest.raises(ValueError, match=r"sample too-long: its prompt is \d+ tokens .* context of 256 tokens"):
+    with pytest.raises(ValueError, match=r"sample too-long: its prompt is \d+ tokens .*context of 256 tokens"):
         evaluate(lm, [samples[0], long], out, SPEC, batch_size=1, progress=False)
     assert len(_lines(out)) == 2  # the sample before it is kept, nothing was scored for it
 
