@@ -52,11 +52,11 @@ def test_every_module_a_notebook_loads_is_in_its_key(notebook):
 
 def test_editing_a_module_a_notebook_imports_changes_its_key_and_only_its(monkeypatch):
     before = {nb: CacheKeys([]).code(nb) for nb in NOTEBOOKS}
-    # residual/metrics.py: imported by the metric notebooks (10-12), not by the SAP ones (20-21)
-    uses = {nb for nb in NOTEBOOKS if (PKG / "residual" / "metrics.py").resolve() in
+    # residual/controls.py (the noise controls): imported by the metric notebooks (10-12), not by the SAP ones
+    uses = {nb for nb in NOTEBOOKS if (PKG / "residual" / "controls.py").resolve() in
             {f.resolve() for f in code_files(nb)}}
     assert "10_table1_rid_mixig" in uses and "20_table2_sap" not in uses
-    _edited(monkeypatch, PKG / "residual" / "metrics.py")
+    _edited(monkeypatch, PKG / "residual" / "controls.py")
     after = {nb: CacheKeys([]).code(nb) for nb in NOTEBOOKS}
     assert {nb for nb in NOTEBOOKS if after[nb] != before[nb]} == uses
 
@@ -67,10 +67,20 @@ def test_editing_code_no_notebook_runs_leaves_every_key(monkeypatch):
     assert {nb: CacheKeys([]).code(nb) for nb in NOTEBOOKS} == before
 
 
-def test_a_notebook_with_a_dynamic_import_takes_the_whole_package(monkeypatch):
-    monkeypatch.setattr(keys, "_code_cells", lambda nb: "import importlib\nm = importlib.import_module('lostattn.x')")
+@pytest.mark.parametrize("src", ["import importlib\nm = importlib.import_module(name)", "exec(code)",
+                                 "import runpy", "%run other.ipynb", "x = __import__(name)"])
+def test_a_notebook_with_an_import_that_cannot_be_read_takes_the_whole_package(monkeypatch, src):
+    monkeypatch.setattr(keys, "_code_cells", lambda nb: src)
     assert notebook_imports("01_embedded_model") is None
     assert (PKG / "cli.py") in code_files("01_embedded_model")
+
+
+def test_a_literal_dynamic_import_is_followed(monkeypatch):
+    monkeypatch.setattr(keys, "_code_cells", lambda nb: "m = __import__('lostattn.sap.replace').sap\n"
+                                                         "import importlib\nimportlib.import_module('lostattn.cli')")
+    assert notebook_imports("01_embedded_model") == {"lostattn.sap.replace", "lostattn.cli"}
+    files = code_files("01_embedded_model")
+    assert (PKG / "sap" / "replace.py") in files and (PKG / "cli.py") in files
 
 
 def test_an_overwritten_image_makes_its_cells_to_run(tmp_path, monkeypatch):

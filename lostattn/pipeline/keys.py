@@ -5,8 +5,8 @@ A cell's key covers every input that changes its outputs:
 - the code it runs: the source of every lostattn module the notebook imports, followed through the package's
   import graph (grimp; imports inside functions included), with the packages above them (their `__init__`), the
   modules that execute a notebook (`lostattn.pipeline.execute`) and every non-Python file of the package. An edit
-  of a module no notebook reaches leaves the key as it was; a notebook that imports lostattn in a way the graph
-  cannot follow (importlib, `__import__`, `exec`) takes the whole package;
+  of a module no notebook reaches leaves the key as it was; a notebook that imports in a way that cannot be read
+  (`__import__` or importlib with a computed name, exec, eval, runpy, %run) takes the whole package;
 - the data inputs (embedded model, synthetic definition, paper tables, references);
 - the model folder's fingerprint and the benchmark's content: its file or folder, and every image its samples name
   (`lostattn.tasks.loaders.benchmark_fingerprint`: image bytes, not names);
@@ -28,7 +28,6 @@ PACKAGE = "lostattn"
 PACKAGE_DIR = REPO_ROOT / PACKAGE
 # Run every notebook, whatever it imports: how parameters are injected and the kernel started.
 ALWAYS = ("lostattn.pipeline.execute",)
-_DYNAMIC = ("importlib", "__import__", "exec(", "eval(", "runpy", "%run")
 
 
 def _hash_paths(h, paths) -> None:
@@ -48,23 +47,39 @@ def _code_cells(notebook: str) -> str:
 
 
 def notebook_imports(notebook: str) -> set[str] | None:
-    """The lostattn modules a notebook's code cells import by name (for `from a import b`, also `a.b`); None when it
-    may import them in a way that cannot be read (a dynamic import, or a cell that does not parse)."""
+    """The lostattn modules a notebook's code cells import by name (for `from a import b`, also `a.b`; a literal
+    `__import__("a.b")` or `importlib.import_module("a.b")` too); None when it may import them in a way that
+    cannot be read (such a call with a computed name, exec, eval, runpy, %run, or a cell that does not parse)."""
     src = _code_cells(notebook)
-    if any(d in src for d in _DYNAMIC):
+    if any(ln.lstrip().startswith("%run") for ln in src.split("\n")):
         return None
-    found: set[str] = set()
     lines = [ln for ln in src.split("\n") if not ln.lstrip().startswith(("%", "!"))]  # IPython magics, shell
     try:
         tree = ast.parse("\n".join(lines))
     except SyntaxError:
         return None
+    found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == PACKAGE}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == PACKAGE:
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names}
+            if any(a.name == "runpy" for a in node.names):
+                return None
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "runpy":
+                return None
+            if node.module.split(".")[0] == PACKAGE:
+                found.add(node.module)
+                found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if name in ("exec", "eval"):
+                return None
+            if name in ("__import__", "import_module"):
+                arg = node.args[0] if node.args else None
+                if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+                    return None
+                found.add(arg.value)
     return found
 
 
