@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
+from contextlib import contextmanager
 import platform
 import subprocess
 from importlib import metadata
@@ -81,3 +83,19 @@ def data_identity(path: str | Path | None) -> str | None:
     if not p.exists():
         raise FileNotFoundError(f"benchmark file {p} does not exist")
     return f"{p.name}:{file_fingerprint(p)}"
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextmanager
+def writing(path: str | Path):
+    """Name `path` in an error raised while writing it: a full disk (or quota) says "No space left on device" but
+    not which file; it is raised again as an OSError naming the file and what to do."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _FULL:
+            raise
+        raise OSError(e.errno, f"{e.strerror} while writing {path}; what was written before is kept: free space (or "
+                               f"write elsewhere) and run the same command again to resume", str(path)) from None

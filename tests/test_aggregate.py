@@ -165,3 +165,91 @@ def test_the_tables_in_a_terminal(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "12 of 12 cells" in out and re.search(r"^mean over models +\d", out, re.M) and "Table 2" in out
     assert (tmp_path / "tables" / "table1.csv").is_file(), "a relative --out is the caller's"
+
+
+# ---- every table checked: complete, parseable, its cell's key current -------------------------------------------
+@pytest.fixture
+def finished(tmp_path):
+    """A 1 model × 1 benchmark profile whose two cells finished as reproduce leaves them (marker with key, state
+    done, table digests); returns (profile file, results folder, cells by notebook)."""
+    from lostattn.pipeline.keys import CacheKeys
+
+    cfg = tmp_path / "f.yaml"
+    cfg.write_text(yaml.safe_dump({"models": [{"name": "embedded"}], "benchmarks": [{"name": "synthetic"}],
+                                   "run": ["10_table1_rid_mixig", "20_table2_sap", "30_paper_tables"]}))
+    results = tmp_path / "results"
+    cells = planning.plan(profiles.load_profile("f", cfg), results)
+    keys = CacheKeys(cells)
+    by_nb = {}
+    for c, df, name in ((cells[0], t1(0.2, 10), "table1"),
+                        (cells[1], t2([("exist", 4, 100.0, "vanilla"), ("exist", 4, 50.0, "blind")]),
+                         "table2_scores")):
+        marker = folders.prepare_out_dir(c, keys.key(c))
+        df.to_csv(c.out_dir / f"{name}.csv", index=False)
+        (c.out_dir / f"{name}.meta.json").write_text(json.dumps({"model": "embedded", "benchmark": "synthetic"}))
+        folders._update_marker(c, marker, state="done")
+        by_nb[c.notebook] = c
+    return cfg, results, by_nb
+
+
+def _state(cfg, results, nb):
+    cov = ag.collect("f", cfg, results).coverage.set_index("notebook")
+    return cov.loc[nb, "state"], cov.loc[nb, "why"]
+
+
+def test_finished_cells_with_current_keys_are_used(finished):
+    cfg, results, _ = finished
+    m = ag.collect("f", cfg, results)
+    assert list(m.coverage["state"]) == ["done", "done"]
+    assert ag.table1_per_model(m).set_index("module").loc["FFN", "RID"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("cut", ["mid-row", "whole-row"])
+def test_a_cut_short_table_of_a_finished_cell_is_left_out_and_named(finished, cut):
+    cfg, results, cells = finished
+    path = cells["10_table1_rid_mixig"].out_dir / "table1.csv"
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    path.write_bytes(data[:-25] if cut == "mid-row" else b"".join(lines[:-2]))  # FFN's row cut, or it and the next
+    state, why = _state(cfg, results, "10_table1_rid_mixig")
+    assert state == "unreadable" and "table1.csv changed since its run finished" in why
+    m = ag.collect("f", cfg, results)
+    assert len(m.table1_cells) == 0, "nothing of the cut table is used"
+
+
+@pytest.mark.parametrize("content, words", [
+    ("module,RID,n\nAttention,0.3,10\nFFN,0.1", "cut short"),
+    ("module,RID,n\nAttention,0.3,10\n", "lacks the row(s) of FFN"),
+    ("module,RID,n\nAttention,0.3,10\nFFN,abc,10\n", "non-numeric values in RID"),
+    ("module,RID\nAttention,0.3\nFFN,0.1\n", "lacks column(s) n"),
+])
+def test_a_table_copied_without_a_marker_is_checked_too(finished, content, words):
+    cfg, results, cells = finished
+    out = cells["10_table1_rid_mixig"].out_dir
+    (out / folders.MARKER).unlink()  # outputs copied from elsewhere: no digest, no key to compare
+    (out / "table1.csv").write_text(content)
+    state, why = _state(cfg, results, "10_table1_rid_mixig")
+    assert state == "unreadable" and words in why
+
+
+def test_a_cell_whose_key_is_stale_is_left_out_and_named(finished):
+    cfg, results, cells = finished
+    marker = folders.read_marker(cells["20_table2_sap"].out_dir)
+    marker["key"] = "a key of other inputs or code"
+    (cells["20_table2_sap"].out_dir / folders.MARKER).write_text(json.dumps(marker))
+    state, why = _state(cfg, results, "20_table2_sap")
+    assert state == "stale" and "changed since it ran" in why
+    assert _state(cfg, results, "10_table1_rid_mixig")[0] == "done"
+
+
+def test_cells_of_different_code_versions_are_marked(finished):
+    cfg, results, cells = finished
+    for nb, commit in (("10_table1_rid_mixig", "aaaaaaaaaaaaaaaa"), ("20_table2_sap", "bbbbbbbbbbbbbbbb")):
+        out = cells[nb].out_dir
+        (out / folders.MARKER).unlink()
+        meta = next(out.glob("*.meta.json"))
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "git_commit": commit}))
+    cov = ag.collect("f", cfg, results).coverage.set_index("notebook")
+    assert list(cov["state"]) == ["done", "done"]
+    assert "written by commit aaaaaaaaaaaa" in cov.loc["10_table1_rid_mixig", "why"]
+    assert "2 code versions" in cov.loc["20_table2_sap", "why"]

@@ -103,12 +103,20 @@ def test_a_failing_cell_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
 
 
 # ---- a matrix profile: plan, cells, filters ------------------------------------------------------------------------
-def matrix_data(**extra) -> dict:
+def matrix_data(root: Path, create: bool = True, **extra) -> dict:
+    """A 3-model × 2-benchmark profile; its checkpoint folders and POPE file under `root` (made when `create`: a
+    profile naming paths that do not exist is refused before any cell runs)."""
+    if create:
+        for name in ("qwen-3b", "ocean"):
+            (root / "models" / name).mkdir(parents=True, exist_ok=True)
+            (root / "models" / name / "config.json").write_text("{}")
+        (root / "data").mkdir(exist_ok=True)
+        (root / "data" / "pope.jsonl").write_text("")
     data = {"common": {"device": "cpu", "seed": 0, "check_reference": False},
-            "models": [{"name": "embedded"}, {"name": "Qwen2.5-VL-3B-Instruct", "path": "/models/qwen-3b"},
-                       {"name": "Ocean-R1-7B", "path": "/models/ocean", "reasoning": True}],
+            "models": [{"name": "embedded"}, {"name": "Qwen2.5-VL-3B-Instruct", "path": f"{root}/models/qwen-3b"},
+                       {"name": "Ocean-R1-7B", "path": f"{root}/models/ocean", "reasoning": True}],
             "benchmarks": [{"name": "synthetic", "samples_per_family": 2},
-                           {"name": "POPE", "data": "/data/pope.jsonl", "samples_per_family": 4}],
+                           {"name": "POPE", "data": f"{root}/data/pope.jsonl", "samples_per_family": 4}],
             "conditions": ["gaussian_noise"],
             "run": ["01_embedded_model", "10_table1_rid_mixig", "20_table2_sap", "30_paper_tables"],
             "notebooks": {"01_embedded_model": {"over": "model"},
@@ -119,7 +127,8 @@ def matrix_data(**extra) -> dict:
 
 def test_matrix_plan_cells_and_filters(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
-    cfg = write_profile(tmp_path, matrix_data(book={"model": "Qwen2.5-VL-3B-Instruct", "benchmark": "pope"}))
+    cfg = write_profile(tmp_path, matrix_data(tmp_path, book={"model": "Qwen2.5-VL-3B-Instruct",
+                                                              "benchmark": "pope"}))
     prof = profiles.load_profile("mx", cfg)
     cells = planning.plan(prof)
     # per model: 01 once (first benchmark), then 10 and 20 per benchmark; the aggregated tables last
@@ -132,7 +141,7 @@ def test_matrix_plan_cells_and_filters(tmp_path, monkeypatch, capsys):
     by = {(c.model, c.benchmark, c.notebook): c for c in cells}
     q20 = by["Qwen2.5-VL-3B-Instruct", "pope", "20_table2_sap"]
     assert q20.book and q20.out_dir == tmp_path / "results" / "mx" / "20_table2_sap"
-    assert q20.params["model"] == "/models/qwen-3b" and q20.params["data"] == "/data/pope.jsonl"
+    assert q20.params["model"] == f"{tmp_path}/models/qwen-3b" and q20.params["data"] == f"{tmp_path}/data/pope.jsonl"
     assert q20.params["modes"] == ["gaussian_noise"] and q20.params["samples_per_family"] == 4
     if "model_name" in profiles.notebook_parameters("20_table2_sap"):
         assert q20.params["model_name"] == "Qwen2.5-VL-3B-Instruct"
@@ -165,15 +174,19 @@ def test_matrix_plan_cells_and_filters(tmp_path, monkeypatch, capsys):
 
 def test_cell_runs_one_and_filters_leave_the_rest(tmp_path, monkeypatch):
     monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
-    cfg = write_profile(tmp_path, matrix_data(models=[{"name": "embedded"}]))
+    cfg = write_profile(tmp_path, matrix_data(tmp_path, create=False, models=[{"name": "embedded"}]))
     calls = []
     monkeypatch.setattr(rp, "run_notebook", fake_run(calls))
-    # the POPE file does not exist: its cells fail at once, naming it, and the others run
+    # the POPE file does not exist: refused before any cell runs, naming it, even for cells that do not read it
+    with pytest.raises(FileNotFoundError, match=r"benchmarks\[1\] \(pope\)\.data: .*pope.jsonl does not exist"):
+        rp.reproduce("mx", config=str(cfg), benchmark="synthetic", build_book=False)
+    assert calls == []
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "pope.jsonl").write_text("")
     assert rp.reproduce("mx", config=str(cfg), benchmark="synthetic", build_book=False) == 0
     assert calls == [1, 2, 3, 6]
-    assert rp.reproduce("mx", config=str(cfg), cell=4, build_book=False) == 1
-    assert calls == [1, 2, 3, 6]
-    assert folders.read_marker(planning.plan(profiles.load_profile("mx", cfg))[3].out_dir) is None
+    assert rp.reproduce("mx", config=str(cfg), cell=4, build_book=False) == 0
+    assert calls == [1, 2, 3, 6, 4]
 
 
 # ---- output folders ----------------------------------------------------------------------------------------------
@@ -229,6 +242,39 @@ def test_only_the_projects_files_are_removed_when_a_cell_starts_afresh(tmp_path,
     assert rp.reproduce("mine", config=str(cfg), build_book=False) == 0
     assert sorted(p.name for p in out.iterdir()) == [folders.MARKER, "table.csv"], "partial.jsonl and sub/ removed"
     assert folders.read_marker(out)["files"] == ["table.csv"] and calls == [1, 1]
+
+
+def test_user_files_written_during_or_after_a_run_are_never_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
+    out = tmp_path / "out"
+    data = {"notebooks": {"11_layer_curves": {"out_dir": str(out)}}, "run": ["11_layer_curves"]}
+    cfg = write_profile(tmp_path, data)
+    calls = []
+    table_and_notes = fake_run(calls)
+
+    def run(cell, progress=None):  # the user saves notes into the folder while the cell runs
+        table_and_notes(cell, progress)
+        (cell.out_dir / "notes.md").write_text("my reading of the table")
+        if progress is not None and progress.on_cell_done:
+            progress.on_cell_done()
+
+    monkeypatch.setattr(rp, "run_notebook", run)
+    assert rp.reproduce("mine", config=str(cfg), build_book=False) == 0
+    assert folders.read_marker(out)["files"] == ["table.csv"]
+    data["common"] = {"seed": 1}
+    write_profile(tmp_path, data)
+    with pytest.raises(ValueError, match=r"holds files lostattn did not write \(notes.md\)"):
+        rp.reproduce("mine", config=str(cfg), build_book=False)
+    assert (out / "notes.md").read_text() == "my reading of the table"
+
+    # after a kill (the marker still says running): a new analysis notebook of the user's is not claimed either
+    marker = folders.read_marker(out)
+    marker.update(state="running", run_started=time.time() - 60)
+    (out / folders.MARKER).write_text(json.dumps(marker))
+    (out / "analysis.ipynb").write_text("{}")
+    with pytest.raises(ValueError, match=r"analysis.ipynb, notes.md"):
+        rp.reproduce("mine", config=str(cfg), build_book=False)
+    assert (out / "analysis.ipynb").is_file() and (out / "notes.md").is_file()
 
 
 def test_a_folder_left_by_an_earlier_version_is_taken_over(tmp_path, monkeypatch):

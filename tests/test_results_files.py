@@ -76,12 +76,50 @@ def test_files_of_the_previous_format_are_refused(lm, samples, tmp_path):
     assert len(_lines(out)) == 2  # untouched
 
 
-def test_a_record_made_from_other_inputs_is_refused(lm, samples, tmp_path):
+def test_a_record_made_from_other_inputs_is_computed_again(lm, samples, tmp_path):
     out = tmp_path / "run.jsonl"
-    evaluate(lm, samples[:2], out, SPEC, progress=False)
+    first = evaluate(lm, samples[:2], out, SPEC, progress=False)
     edited = [dataclasses.replace(samples[0], question=samples[0].question + " Really?"), samples[1]]
-    with pytest.raises(ValueError, match=f"sample {samples[0].id!r} was made from other inputs"):
-        evaluate(lm, edited, out, SPEC, progress=False)
+    again = evaluate(lm, edited, out, SPEC, progress=False)
+    assert len(_lines(out)) == 1 + 3  # header, two records, the edited sample's new one
+    assert again["inputs"].iloc[0] != first["inputs"].iloc[0] and again["inputs"].iloc[1] == first["inputs"].iloc[1]
+
+
+def test_an_overwritten_image_file_is_noticed_and_its_reply_computed_again(lm, samples, tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "a.png"
+    samples[0].load_image().save(img)
+    s = dataclasses.replace(samples[0], image=str(img))
+    out = tmp_path / "run.jsonl"
+    first = evaluate(lm, [s], out, SPEC, progress=False)
+    assert len(evaluate(lm, [s], out, SPEC, progress=False)) == 1 and len(_lines(out)) == 2  # unchanged: reused
+    Image.new("RGB", (64, 64), "black").save(img)  # same name, other content
+    again = evaluate(lm, [s], out, SPEC, progress=False)
+    assert len(_lines(out)) == 3 and again["inputs"].iloc[0] != first["inputs"].iloc[0]
+
+
+def test_arrow_and_file_images_are_identified_by_their_content(tmp_path):
+    import io
+
+    import pyarrow as pa
+    from PIL import Image
+
+    from lostattn.tasks.images import ArrowImage, file_fingerprint, image_fingerprint
+
+    def png(colour):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(buf, format="PNG")
+        return buf.getvalue()
+
+    col = pa.chunked_array([pa.array([{"bytes": png("red"), "path": None}, {"bytes": png("blue"), "path": None}])])
+    red, blue = (image_fingerprint(ArrowImage(col, i, "x")) for i in (0, 1))
+    assert red != blue and red == image_fingerprint(ArrowImage(col, 0, "y"))
+    (tmp_path / "a.png").write_bytes(png("red"))
+    before = file_fingerprint(tmp_path / "a.png")
+    (tmp_path / "a.png").write_bytes(png("blue"))
+    assert file_fingerprint(tmp_path / "a.png") != before
+    assert file_fingerprint(tmp_path / "gone.png").endswith(":missing")
 
 
 @pytest.mark.parametrize("sap_cfg", [None, SAPConfig(mode="gaussian_noise")], ids=["vanilla", "sap"])
@@ -156,3 +194,61 @@ def test_a_second_writer_is_refused_and_never_truncates(tmp_path):
         assert rc == 0 or (rc == 2 and "being written by another run" in err), err
     ids = list(pd.read_json(out, lines=True)["id"].iloc[1:])
     assert len(ids) == 12 and len(set(ids)) == 12
+
+
+def test_a_prompt_longer_than_the_context_is_refused_naming_the_sample(lm, samples, tmp_path):
+    long = dataclasses.replace(samples[1], id="too-long", question="Which colour? " * 200)
+    out = tmp_path / "run.jsonl"
+    with pytest.raises(ValueError, match=r"sample too-long: its prompt is \d+ tokens .*context of 256 tokens"):
+        evaluate(lm, [samples[0], long], out, SPEC, batch_size=1, progress=False)
+    assert len(_lines(out)) == 2  # the sample before it is kept, nothing was scored for it
+
+
+def test_a_full_disk_names_the_file_being_written_and_keeps_the_records(lm, samples, tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    out = tmp_path / "run.jsonl"
+    evaluate(lm, samples[:1], out, SPEC, progress=False)
+    real_open = Path.open
+
+    class Full:  # a file on a full disk: opening works, writing does not
+        def __init__(self, f):
+            self.f = f
+
+        def tell(self):
+            return self.f.tell()
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            self.f.close()
+
+    def fake_open(self, mode="r", *args, **kwargs):
+        f = real_open(self, mode, *args, **kwargs)
+        return Full(f) if self == out and "a" in mode else f
+
+    monkeypatch.setattr(Path, "open", fake_open)
+    with pytest.raises(OSError, match=f"No space left on device while writing {out}; what was written before is "
+                                      f"kept"):
+        evaluate(lm, samples[:2], out, SPEC, progress=False)
+    monkeypatch.undo()
+    assert len(_lines(out)) == 2 and json.loads(_lines(out)[1])["id"] == samples[0].id
+
+
+def test_a_rank_record_computed_again_replaces_the_merged_one(tmp_path):
+    from lostattn.harness import records, runner
+
+    key, prov = {"run": "k"}, {}
+    out = tmp_path / "run.jsonl"
+    with records.Writer(out, key, prov) as w:
+        w.append([{"id": "a", "inputs": "old", "reply": "x"}, {"id": "b", "inputs": "same", "reply": "y"}])
+    with records.Writer(runner.part_path(out, 1), key, prov) as w:  # rank 1 redid 'a' after its image changed
+        w.append([{"id": "a", "inputs": "new", "reply": "z"}, {"id": "b", "inputs": "same", "reply": "y"}])
+    assert runner.merge_parts(out, key, ["a", "b"], prov) == 1
+    got = records.read(out, key)
+    assert got["a"]["reply"] == "z" and got["b"]["reply"] == "y" and not runner.parts(out)

@@ -127,3 +127,68 @@ def test_a_results_file_with_a_header_cut_short_by_hand_is_refused(tmp_path, cap
     out.write_text('{"run": {"model": "emb\n{"id": 1}\n')
     assert cli(["eval", "--limit", "1", "--out", str(out)]) == 2
     _one_line_error(capsys, "o.jsonl", "line 1")
+
+
+# ---- profile values, checked in full before any cell runs (and for --plan) ---------------------------------------
+PROFILE_CASES = [  # (what is written under common unless the key says otherwise, the words the line must hold)
+    ("samples_per_family: '8'", ["common.samples_per_family", "'8' is text", "without quotes"]),
+    ("samples_per_family: -3", ["common.samples_per_family", "-3 is not a whole number of at least 1"]),
+    ("device: 7", ["common.device", "7 is not a device", "cuda:N"]),
+    ("batch_size: 0", ["common.batch_size", "0 is not a whole number of at least 1"]),
+    ("dtype: float64", ["common.dtype", "'float64' is not one of float32, float16, bfloat16"]),
+    ("seed: zero", ["common.seed", "'zero' is text"]),
+    ("metric_spec: bogus", ["common.metric_spec", "'bogus' is not one of official, paper_text"]),
+    ("lam: 1e-3", ["common.lam", "'1e-3' is not a number", "YAML reads 1e-3 as text", "1.0e-3"]),
+    ("lams: 0.5", ["common.lams", "0.5 is not a list", "[0.0, 0.5, 1.0]"]),
+    ("modes: [gaussian_noise, gausian]", ["common.modes", "'gausian' is not one of", "did you mean "
+                                                                                    "'gaussian_noise'"]),
+]
+
+
+def _profile(tmp_path, common: str, extra: str = "") -> str:
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"common:\n  device: cpu\n  {common}\nmodels:\n  - name: embedded\n{extra}")
+    return str(path)
+
+
+@pytest.mark.parametrize("line, words", PROFILE_CASES, ids=[c[0] for c in PROFILE_CASES])
+def test_a_bad_profile_value_is_one_line_before_any_cell_runs(line, words, tmp_path, capsys):
+    cfg = _profile(tmp_path, line)
+    assert cli(["reproduce", "--profile", "bad", "--config", cfg, "--plan"]) == 2
+    first = _one_line_error(capsys, "bad.yaml", *words)
+    assert first.count("profile file") == 1
+    assert not (tmp_path / "results").exists()
+
+
+def test_an_unknown_sap_condition_is_named(tmp_path, capsys):
+    cfg = _profile(tmp_path, "seed: 0", "conditions: [gaussian_noise, bogus_mode]\n")
+    assert cli(["reproduce", "--profile", "bad", "--config", cfg, "--plan"]) == 2
+    _one_line_error(capsys, "bad.yaml", "conditions", "'bogus_mode' is not one of", "gaussian_noise")
+
+
+@pytest.mark.parametrize("entry, words", [
+    ("models:\n  - {name: m, path: /nowhere/llava}\n", ["models[0] (m).path", "/nowhere/llava does not exist"]),
+    ("models:\n  - {name: m, path: org/not-cached}\n", ["models[0] (m).path", "org/not-cached", "local cache"]),
+    ("benchmarks:\n  - {name: pope, data: /nowhere/pope.jsonl}\n",
+     ["benchmarks[0] (pope).data", "/nowhere/pope.jsonl does not exist"]),
+], ids=["model folder", "hub id", "benchmark data"])
+def test_a_missing_model_or_data_path_is_named_for_plan_and_run(entry, words, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("common: {device: cpu}\n" + entry)
+    for extra in (["--plan"], ["--no-book"]):
+        assert cli(["reproduce", "--profile", "bad", "--config", str(path), *extra]) == 2
+        _one_line_error(capsys, "bad.yaml", *words)
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_cuda_device_this_machine_lacks_is_refused_before_running(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("common: {device: 'cuda:3'}\nmodels:\n  - name: embedded\n")
+    cfg = str(cfg)
+    assert cli(["reproduce", "--profile", "bad", "--config", cfg, "--plan"]) == 0  # a login node plans for GPUs
+    capsys.readouterr()
+    assert cli(["reproduce", "--profile", "bad", "--config", cfg, "--no-book"]) == 2
+    _one_line_error(capsys, "bad.yaml", "common.device", "'cuda:3'", "0 CUDA device(s)")

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from PIL import Image
 
 from lostattn.harness import distributed
 
@@ -29,6 +28,7 @@ from lostattn.models.prompts import chat_prompt
 from lostattn.inference.protocols import Protocol, get_protocol
 from lostattn.provenance import provenance
 from lostattn.sap.replace import SAPConfig
+from lostattn.tasks.images import image_fingerprint
 from lostattn.tasks.scoring import extract, is_correct, summarize
 from lostattn.tasks.types import VQASample
 
@@ -81,26 +81,13 @@ class EvalSettings:
         return hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:8]
 
 
-def _image_identity(img) -> str:
-    if img is None:
-        return "none"
-    if isinstance(img, (str, Path)):  # the file's name and size: moving the benchmark folder keeps the records
-        p = Path(img)
-        return f"file:{p.name}:{p.stat().st_size if p.is_file() else 'missing'}"
-    if isinstance(img, Image.Image):
-        return "pixels:" + hashlib.sha256(img.tobytes()).hexdigest()[:16]
-    payload = getattr(img, "data", None)  # a loader's lazy base64 image
-    if isinstance(payload, (str, bytes)):
-        return "bytes:" + hashlib.sha256(payload if isinstance(payload, bytes) else payload.encode()).hexdigest()[:16]
-    return "generated"  # drawn from the benchmark definition, which the run key names
-
-
 def input_digest(lm, sample: VQASample, blind: bool = False, protocol: Protocol | None = None) -> str:
-    """16 hex digits of what a record is made from: the prompt as rendered, the image, the answer and options."""
+    """16 hex digits of what a record is made from: the prompt as rendered, the image's content
+    (`lostattn.tasks.images.image_fingerprint`: its bytes, not its name), the answer and options."""
     with_image = sample.image is not None and not blind
     question = protocol.question_text(sample.question) if protocol is not None else sample.question
     parts = [chat_prompt(lm.processor, question, with_image=with_image, protocol=protocol),
-             _image_identity(sample.image) if with_image else "none", sample.answer, sample.kind,
+             image_fingerprint(sample.image) if with_image else "none", sample.answer, sample.kind,
              json.dumps(sample.options, sort_keys=True)]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
@@ -121,13 +108,17 @@ def _record(s: VQASample, reply: str, answer_text: str, digest: str, with_image:
 
 
 def _inputs_checker(digests: dict[str, str]):
+    """A check for `runner.run` that drops the finished records made from other inputs than this run's (an image
+    overwritten, an edited question or answer): their samples are computed again, and the new record, appended
+    later, is the one read back."""
     def check(path: Path, done: dict[str, dict]) -> None:
-        for sid, rec in done.items():
-            if sid in digests and rec.get("inputs") != digests[sid]:
-                raise ValueError(f"{path}: the finished record of sample {sid!r} was made from other inputs (its "
-                                 f"prompt, image, options or answer differ from this run's: another benchmark file or "
-                                 f"prompt template under the same name?). Use another output file or delete this "
-                                 f"one.")
+        stale = [sid for sid, rec in done.items() if sid in digests and rec.get("inputs") != digests[sid]]
+        for sid in stale:
+            del done[sid]
+        if stale:
+            shown = ", ".join(map(str, stale[:5])) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+            print(f"{path}: {len(stale)} finished record(s) were made from other inputs (image, prompt, options or "
+                  f"answer changed since): computed again: {shown}", flush=True)
     return check
 
 

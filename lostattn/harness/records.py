@@ -15,6 +15,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from lostattn.provenance import writing
+
 # Version 2: the run key names the benchmark file, split, dtype, device and weights, and every record carries the
 # digest of its inputs. Files of version 1 (no "format" field) cannot be checked and are refused.
 FORMAT = 2
@@ -149,12 +151,13 @@ class Writer:
     def append(self, records: list[dict]) -> None:
         if not records:
             return
-        if self._f is None:
-            self._f = self.path.open("a")
-            if self._f.tell() == 0:
-                self._f.write(header(self.key, self.provenance))
-        self._f.write("".join(json.dumps(r) + "\n" for r in records))
-        self._f.flush()
+        with writing(self.path):  # a full disk names this file; a line it cut short is repaired on resume
+            if self._f is None:
+                self._f = self.path.open("a")
+                if self._f.tell() == 0:
+                    self._f.write(header(self.key, self.provenance))
+            self._f.write("".join(json.dumps(r) + "\n" for r in records))
+            self._f.flush()
 
     def close(self) -> None:
         if self._f is not None:

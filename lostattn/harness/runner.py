@@ -91,7 +91,8 @@ def merge_parts(path: Path, key: dict, order: list[str], provenance: dict) -> in
         for p in found:
             with records.locked(p):
                 for sid, rec in records.read(p, key).items():
-                    if sid not in have:
+                    # a record computed again (its inputs changed) replaces the file's: read back, the later wins
+                    if sid not in have or rec.get("inputs") != have[sid].get("inputs"):
                         new.setdefault(sid, rec)
         rank_of = {i: n for n, i in enumerate(order)}
         recs = sorted(new.values(), key=lambda r: (rank_of.get(r["id"], len(order)), str(r["id"])))

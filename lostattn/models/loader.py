@@ -107,6 +107,33 @@ def load_processor(src: str | Path, family: str):
     return proc_cls.from_pretrained(src, backend="pil")
 
 
+def refuse_missing_weights(info: dict, name_or_path) -> None:
+    """Refuse a checkpoint whose weight files lack tensors the model has: transformers would fill them with fresh
+    random values and the model would score as if nothing were wrong."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(f"checkpoint {name_or_path} lacks {len(missing)} weight tensor(s) its model needs ({shown}); "
+                         f"they would be filled with random values. The weight files are incomplete (a shard "
+                         f"missing or cut?): copy or download the checkpoint again")
+
+
+def check_image_token(processor, config, name_or_path) -> None:
+    """Refuse a processor whose tokenizer does not turn the image token into the id the model's config expects: no
+    prompt could then carry the image (transformers fails on the first sample: 'image tokens: 0')."""
+    token = getattr(processor, "image_token", None)
+    tok = getattr(processor, "tokenizer", None)
+    want = getattr(config, "image_token_id", None)
+    want = getattr(config, "image_token_index", None) if want is None else want
+    if token is None or tok is None or want is None:
+        return
+    got = tok(token, add_special_tokens=False)["input_ids"]
+    if got != [want]:
+        raise ValueError(f"the tokenizer of {name_or_path} has no image token {token!r} (config.json expects id "
+                         f"{want}; the tokenizer gives {got}): its tokenizer files do not belong to this model. "
+                         f"Copy tokenizer.json and tokenizer_config.json from the same checkpoint")
+
+
 def load_model(name_or_path: str | Path = EMBEDDED_NAME, device: str = "cpu", dtype: str = "float32",
                attn_implementation: str = "sdpa") -> LoadedModel:
     """Load a supported LVLM and its processor; `dtype` is one of float32, float16, bfloat16."""
@@ -123,11 +150,14 @@ def load_model(name_or_path: str | Path = EMBEDDED_NAME, device: str = "cpu", dt
         raise ValueError(f"{name_or_path!r} is a {config.model_type!r} model, which is not supported; "
                          f"supported model types: {supported_text()}")
     cls = getattr(transformers, MODEL_FAMILIES[config.model_type].hf_class)
+    processor = load_processor(src, config.model_type)
+    check_image_token(processor, config, name_or_path)  # before the weights load: a mismatch is known at once
     # device "auto": spread over the node's GPUs (accelerate's device_map) for a model too large for one
     placement = {"device_map": "auto"} if device == "auto" else {}
-    model = cls.from_pretrained(src, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **placement)
+    model, info = cls.from_pretrained(src, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
+                                      output_loading_info=True, **placement)
+    refuse_missing_weights(info, name_or_path)
     (model if placement else model.to(device)).eval()
-    processor = load_processor(src, config.model_type)
     tok = getattr(processor, "tokenizer", None)
     if tok is not None:
         tok.padding_side = "left"  # batched generation

@@ -14,7 +14,7 @@ import torch
 
 from lostattn.tasks.loaders import load_benchmark
 from lostattn.models.loader import load_model
-from lostattn.provenance import REPO_ROOT, provenance
+from lostattn.provenance import REPO_ROOT, provenance, writing
 
 REFERENCE_DIR = REPO_ROOT / "tests" / "reference"
 
@@ -37,8 +37,10 @@ class Run:
     def save_table(self, df: pd.DataFrame, name: str) -> Path:
         """CSV under out_dir plus a JSON sidecar with provenance."""
         path = self.out_dir / f"{name}.csv"
-        df.to_csv(path, index=False)
-        path.with_suffix(".meta.json").write_text(json.dumps(self.meta, indent=2) + "\n")
+        with writing(path):
+            df.to_csv(path, index=False)
+        with writing(path.with_suffix(".meta.json")):
+            path.with_suffix(".meta.json").write_text(json.dumps(self.meta, indent=2) + "\n")
         return path
 
     def save_figure(self, fig, name: str) -> Path:
@@ -101,7 +103,8 @@ DPI = 130
 
 def save_png(fig, path) -> None:
     """The figure as the book shows it: 130 dpi, cropped to its content, the provenance footer included."""
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.1)
+    with writing(path):
+        fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.1)
 
 
 def fig_stamp(fig, text: str) -> None:

@@ -4,7 +4,11 @@ benchmark × condition, each beside the paper's values where the paper reports t
 The inputs are the cells' outputs, found through the profile's plan (`lostattn.pipeline.reproduce.plan`): notebook 10's
 table1.csv (module, RID, dS, dD, MixIG, ..., n) and notebook 20's table2_scores.csv (family, n, accuracy, f1,
 yes_ratio, condition), each with its .meta.json sidecar. A cell without outputs, or whose last run failed or was
-interrupted, stays missing (NaN, shown as —); nothing is filled in.
+interrupted, stays missing (NaN, shown as —); nothing is filled in. Every table is checked before it is read
+(`cell_state`): a cell whose key, stored when it ran, is not the key of its inputs and code now is 'stale'; a table
+changed since its run finished (the marker keeps its digest), cut short, unparseable or lacking a column or module is
+'unreadable'; both are left out and named with the reason. Cells that reproduce did not run (outputs copied in) and
+that come from different commits stay in, each marked with its commit.
 
 - Table 1: a model's row pools its benchmarks (the n-weighted mean of each cell's module means, as if one cell had
   measured them all); the mean over models weighs every model alike, as the paper's average over 15 LVLMs.
@@ -24,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from lostattn.provenance import REPO_ROOT, provenance
-from lostattn.pipeline.folders import read_marker
+from lostattn.pipeline.folders import file_digest, read_marker
+from lostattn.pipeline.keys import CacheKeys
 from lostattn.pipeline.plan import MatrixCell, plan
 from lostattn.pipeline.profiles import load_profile
 
@@ -33,7 +38,7 @@ TABLE2 = ("20_table2_sap", "table2_scores.csv")
 BASE_CONDITIONS = ("vanilla", "blind")
 MEAN = "mean over models"
 EPS = "ε_RoPE"  # Table 1's baseline row: the cells' eps_rope.csv (RID of the output with vs without RoPE)
-STATES = ("done", "not run", "running or interrupted", "failed", "other run")
+STATES = ("done", "not run", "running or interrupted", "failed", "other run", "stale", "unreadable")
 
 
 @dataclass
@@ -77,23 +82,64 @@ def _meta(table: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def cell_state(cell: MatrixCell, file: str) -> str:
-    """Whether a cell's `file` can be used: 'done' (written by a finished run), 'not run', 'running or
-    interrupted', 'failed', or 'other run' (its sidecar names another model or benchmark)."""
+# What a finished cell's table must hold to be read: its columns, and for Table 1 the modules every run measures.
+REQUIRED = {TABLE1[1]: {"columns": ("module", "RID", "n"), "module": ("Attention", "FFN")},
+            TABLE2[1]: {"columns": ("family", "n", "accuracy", "condition")}}
+
+
+def table_problem(path: Path, marker: dict | None) -> str | None:
+    """Why a finished cell's table cannot be used (None when it can): changed since its run finished (the marker
+    keeps each table's digest), cut short (no final newline: every table is written whole), unparseable, a column
+    or module missing, or a row with an empty or non-numeric count or metric."""
+    digests = (marker or {}).get("digests") or {}
+    rel = path.name
+    if rel in digests and file_digest(path) != digests[rel]:
+        return f"{rel} changed since its run finished (cut short or edited)"
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        return f"{rel} is cut short (its last line is incomplete)"
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError) as e:
+        return f"{rel} cannot be parsed ({' '.join(str(e).split())[:80]})"
+    need = REQUIRED.get(rel, {})
+    missing = [c for c in need.get("columns", ()) if c not in df.columns]
+    if missing:
+        return f"{rel} lacks column(s) {', '.join(missing)}"
+    lost = [m for m in need.get("module", ()) if m not in set(df["module"])]
+    if lost:
+        return f"{rel} lacks the row(s) of {', '.join(lost)}"
+    numeric = [c for c in ("n", "RID", "accuracy") if c in df.columns]
+    bad = [c for c in numeric if not pd.api.types.is_numeric_dtype(df[c]) or (c != "accuracy" and df[c].isna().any())]
+    if bad:
+        return f"{rel} has empty or non-numeric values in {', '.join(bad)}"
+    return None
+
+
+def cell_state(cell: MatrixCell, file: str, current_key: str | None = None) -> tuple[str, str]:
+    """Whether a cell's `file` can be used, and why not: ('done', ''), ('not run', ''), ('running or
+    interrupted', ''), ('failed', ''), ('other run', the sidecar's model or benchmark), ('stale', why: the cell's
+    key, stored when it ran, differs from `current_key`: its inputs or code changed since), or ('unreadable', why:
+    `table_problem`)."""
     path = cell.out_dir / file
     marker = read_marker(cell.out_dir) if cell.out_dir.is_dir() else None
     if marker is not None and marker.get("state") in ("failed",):
-        return "failed"
+        return "failed", ""
     if marker is not None and marker.get("state") in ("running", "interrupted"):
-        return "running or interrupted"
+        return "running or interrupted", ""
     if not path.is_file():
-        return "not run"
+        return "not run", ""
     meta = _meta(path)
     if meta:
         if (cell.benchmark and meta.get("benchmark") not in (None, cell.benchmark)) or \
                 not _same_model(meta.get("model"), cell.params.get("model")):
-            return "other run"
-    return "done"
+            return "other run", f"its sidecar names {meta.get('model')} on {meta.get('benchmark')}"
+    if marker is not None and current_key is not None and marker.get("key") != current_key:
+        return "stale", "its inputs or the code it runs changed since it ran: rerun it (lostattn reproduce)"
+    problem = table_problem(path, marker)
+    if problem:
+        return "unreadable", problem + ": rerun the cell"
+    return "done", ""
 
 
 def collect(profile: str = "tiny", config: str | Path | None = None, results: str | Path | None = None) -> Matrix:
@@ -107,13 +153,15 @@ def collect(profile: str = "tiny", config: str | Path | None = None, results: st
     benches = [b["name"] for b in prof.benchmarks]
     conditions = list(BASE_CONDITIONS)
     cov, t1, t2 = [], [], []
+    keys = CacheKeys(cells)
     for c in cells:
         for (nb, file), sink in ((TABLE1, t1), (TABLE2, t2)):
             if c.notebook != nb:
                 continue
-            state = cell_state(c, file)
+            state, why = cell_state(c, file, keys.key(c) if _has_marker(c) else None)
+            code = _meta(c.out_dir / file).get("git_commit") if state == "done" else None
             cov.append({"cell": c.number, "model": c.model, "benchmark": c.benchmark, "notebook": nb,
-                        "state": state})
+                        "state": state, "why": why, "code": code})
             if nb == TABLE2[0]:
                 for m in c.params.get("modes") or []:
                     if m not in conditions:
@@ -134,10 +182,27 @@ def collect(profile: str = "tiny", config: str | Path | None = None, results: st
     for cond in t2df["condition"].dropna().unique():
         if cond not in conditions:
             conditions.append(cond)
-    return Matrix(prof.name, models, benches, conditions,
-                  pd.DataFrame(cov, columns=["cell", "model", "benchmark", "notebook", "state"]),
+    coverage = pd.DataFrame(cov, columns=["cell", "model", "benchmark", "notebook", "state", "why", "code"])
+    _mark_mixed_code(coverage)
+    return Matrix(prof.name, models, benches, conditions, coverage.drop(columns="code"),
                   pd.concat(t1, ignore_index=True) if t1 else pd.DataFrame(columns=["model", "benchmark", "module"]),
                   t2df)
+
+
+def _has_marker(cell: MatrixCell) -> bool:
+    return cell.out_dir.is_dir() and read_marker(cell.out_dir) is not None
+
+
+def _mark_mixed_code(coverage: pd.DataFrame) -> None:
+    """Cells written by different code versions (their sidecars' commits differ) stay in the tables, each marked
+    with the commit that wrote it, so a mix is never silent; cells reproduce ran are checked by key instead."""
+    done = coverage[coverage["state"] == "done"]
+    commits = done["code"].dropna().unique()
+    if len(commits) > 1:
+        for i in done.index:
+            if pd.notna(coverage.at[i, "code"]):
+                coverage.at[i, "why"] = (f"written by commit {str(coverage.at[i, 'code'])[:12]}; the cells behind "
+                                         f"these tables come from {len(commits)} code versions")
 
 
 def _with_eps_row(t1: pd.DataFrame, eps_file: Path) -> pd.DataFrame:
@@ -300,6 +365,9 @@ def print_tables(profile: str = "tiny", config: str | Path | None = None, result
     missing = m.coverage[m.coverage["state"] != "done"]
     if len(missing):
         print(repr(table(missing, caption="Cells left out of the tables (shown as —)")), "\n")
+    marked = m.coverage[(m.coverage["state"] == "done") & (m.coverage["why"] != "")]
+    if len(marked):
+        print(repr(table(marked, caption="Cells in the tables, marked")), "\n")
     print(repr(table(table1_mean(m), caption="Table 1: the mean over models, beside the paper's")), "\n")
     for metric in [c for c in ("RID", "MixIG") if c in table1_metrics(m)]:
         print(repr(table(table1_layout(m, metric), caption=f"{metric} per model and module")), "\n")

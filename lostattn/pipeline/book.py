@@ -7,6 +7,7 @@ ones under results/ are never changed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -130,16 +131,28 @@ def copy_for_book(src: Path, dst: Path, repo_root: Path = REPO_ROOT) -> None:
 
 
 # ---- the build ------------------------------------------------------------------------------------------------
-def _inputs_newer_than(stamp: Path, book_dir: Path) -> bool:
-    """Whether a page, the configuration, a stylesheet or this build code changed since `stamp` was written."""
-    if not stamp.is_file():
-        return True
+def book_inputs_digest(profile: str, src: Path, book_dir: Path) -> str:
+    """The SHA-256 over everything the built book shows or is built from: the profile's name, each executed
+    notebook's bytes and the files of its output folder (name, size, modification time: figures and tables the
+    pages copy), the book's pages, configuration and stylesheets, and this build code. The book is up to date only
+    when the digest stored by its last whole build equals this one."""
+    h = hashlib.sha256(profile.encode())
+    for n in NOTEBOOKS:
+        nb = src / f"{n}.ipynb"
+        h.update(n.encode() + (nb.read_bytes() if nb.is_file() else b"missing"))
+        figs = src.parent / n
+        for f in sorted(figs.rglob("*")) if figs.is_dir() else []:
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(figs)}:{st.st_size}:{st.st_mtime_ns}".encode())
     here = Path(__file__).parent
-    files = [p for p in book_dir.glob("*") if p.suffix in (".md", ".yml")]
-    files += [p for p in (book_dir / "_static").rglob("*") if p.is_file() and "mathjax" not in p.parts]
+    files = sorted(p for p in book_dir.glob("*") if p.suffix in (".md", ".yml"))
+    files += sorted(p for p in (book_dir / "_static").rglob("*") if p.is_file() and "mathjax" not in p.parts)
     files += [here / "book.py", here / "book_assets.py"]
-    t = stamp.stat().st_mtime
-    return any(p.stat().st_mtime > t for p in files if p.is_file())
+    for f in files:
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
 
 
 def _jupyter_book() -> str:
@@ -165,11 +178,12 @@ def build_book_html(profile: str = "tiny", rebuild: bool = True, book_dir: Path 
         raise FileNotFoundError(f"executed notebooks missing for profile {profile!r}: {missing}; "
                                 f"run `lostattn reproduce --profile {profile}` first")
     html = book_dir / "_build" / "html" / "index.html"
-    stamp = book_dir / "_build" / ".built"
-    if (not rebuild and not _inputs_newer_than(stamp, book_dir) and html.is_file() and (dst / ".profile").is_file()
-            and (dst / ".profile").read_text() == profile):
+    stamp = book_dir / "_build" / ".built"  # the inputs' digest, written only when a build ends well
+    digest = book_inputs_digest(profile, src, book_dir)
+    if not rebuild and html.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
         print(f"[{profile}] book up to date: {html}")
         return 0
+    stamp.unlink(missing_ok=True)  # a build interrupted from here on leaves the book marked out of date
     dst.mkdir(exist_ok=True)
     for n in NOTEBOOKS:
         copy_for_book(src / f"{n}.ipynb", dst / f"{n}.ipynb")
@@ -186,7 +200,7 @@ def build_book_html(profile: str = "tiny", rebuild: bool = True, book_dir: Path 
     if res.returncode != 0:
         print(res.stdout[-4000:], res.stderr[-4000:], file=sys.stderr)
         return res.returncode
-    stamp.write_text(profile)
+    stamp.write_text(digest)
     print(f"[{profile}] book built in {time.perf_counter() - t:.0f}s: {html}")
     return 0
 

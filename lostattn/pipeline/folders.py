@@ -2,16 +2,27 @@
 marker (`.lostattn.json`) lists the files the project wrote."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
 from lostattn.pipeline.plan import MatrixCell
+from lostattn.provenance import writing
 
 MARKER = ".lostattn.json"
 _LEGACY_MARKER = ".runkey"  # what earlier versions left in the folders they created
 MTIME_SLACK_S = 2.0  # file systems with coarse timestamps, clocks of other nodes
+# The kinds of file a cell writes (tables and their .meta.json sidecars, figures, results records, the records'
+# lock files). A file is the project's when the marker lists it; one the marker could not list yet (written after
+# the last notebook cell of a run that was then killed) counts as the project's only if it is of these kinds and
+# newer than that run's start: a user's notes, notebooks or anything else put in the folder are never removed.
+PROJECT_KINDS = (".csv", ".json", ".jsonl", ".png", ".lock")
+
+
+def _project_kind(name: str) -> bool:
+    return Path(name).suffix in PROJECT_KINDS
 
 def _files(folder: Path) -> list[str]:
     skip = {MARKER, MARKER + ".tmp", _LEGACY_MARKER}
@@ -30,7 +41,8 @@ def read_marker(folder: Path) -> dict | None:
 
 def _write_marker(folder: Path, marker: dict) -> None:
     tmp = folder / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=1) + "\n")
+    with writing(tmp):  # the old marker stays until the new one is whole
+        tmp.write_text(json.dumps(marker, indent=1) + "\n")
     os.replace(tmp, folder / MARKER)
 
 
@@ -41,8 +53,8 @@ def _ownership(folder: Path) -> tuple[dict | None, list[str], list[str]]:
     marker = read_marker(folder)
     files = _files(folder)
     if marker is None:
-        if (folder / _LEGACY_MARKER).is_file():
-            return None, files, []
+        if (folder / _LEGACY_MARKER).is_file():  # earlier versions listed nothing: only the kinds they wrote
+            return None, [f for f in files if _project_kind(f)], [f for f in files if not _project_kind(f)]
         return None, [], files
     listed = set(marker.get("files", []))
     killed = marker.get("state") == "running"
@@ -50,7 +62,7 @@ def _ownership(folder: Path) -> tuple[dict | None, list[str], list[str]]:
     ours, foreign = [], []
     for f in files:
         p = folder / f
-        (ours if f in listed or p.lstat().st_mtime >= since else foreign).append(f)
+        (ours if f in listed or (_project_kind(f) and p.lstat().st_mtime >= since) else foreign).append(f)
     return marker, ours, foreign
 
 
@@ -106,7 +118,15 @@ def _update_marker(cell: MatrixCell, marker: dict, **changes) -> None:
     if not out.is_dir():
         return
     since = float(marker["run_started"]) - MTIME_SLACK_S
-    new = {f for f in _files(out) if (out / f).lstat().st_mtime >= since}
+    new = {f for f in _files(out) if _project_kind(f) and (out / f).lstat().st_mtime >= since}
     marker["files"] = sorted(set(marker.get("files", [])) | new)
     marker.update(changes)
+    if changes.get("state") == "done":  # what the finished run's tables were: a later cut or edit is noticed
+        marker["digests"] = {f: file_digest(out / f) for f in marker["files"] if f.endswith(".csv")
+                             and (out / f).is_file()}
     _write_marker(out, marker)
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes (the tables a finished cell wrote, checked again by `lostattn aggregate`)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

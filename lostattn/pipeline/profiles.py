@@ -191,6 +191,7 @@ def load_profile(profile: str = "tiny", config: str | Path | None = None) -> Pro
                    _mapping(data.get("book"), "book", path), explicit_config=config is not None)
     _normalise_entries(prof)
     _check_keys(prof)
+    check_values(prof)
     return prof
 
 
@@ -310,3 +311,185 @@ def _over(nb: str, sec: dict, path: Path | None = None) -> tuple[str, ...]:
                              f"{[a for a in AXES if a in declared]}, or 'once')")
         axes = tuple(a for a in AXES if a in items)
     return axes
+
+
+# ---- values -----------------------------------------------------------------------------------------------------
+# Each notebook parameter a profile may set, with what a value must be; a value is checked wherever it is written
+# (common, a model's or benchmark's entry, a notebook's section), so that a bad one is named before any cell runs
+# rather than after minutes of work, in Python's words.
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def _number_fix(v) -> str:
+    """The fix for a number YAML read as text (`1e-3`: YAML 1.1 needs a dot and a signed exponent)."""
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return "give a number"
+    return f"YAML reads {v} as text: write it with a dot and a signed exponent (e.g. 1.0e-3) or as a decimal"
+
+
+def _known(kind: str) -> tuple[str, ...]:
+    """The names a parameter of kind `kind` may take, read from where they are defined."""
+    if kind == "sap_mode":
+        from lostattn.sap.distributions import MODES
+
+        return MODES
+    if kind == "metric_spec":
+        from lostattn.residual.metrics import SPEC_NAMES
+
+        return SPEC_NAMES
+    if kind == "rank_rule":
+        from lostattn.residual.metrics import RANK_RULES
+
+        return RANK_RULES
+    if kind == "protocol":
+        from lostattn.inference.protocols import PROTOCOLS
+
+        return PROTOCOLS
+    if kind == "dtype":
+        return ("float32", "float16", "bfloat16")
+    raise KeyError(kind)
+
+
+_DEVICE = re.compile(r"cpu|auto|mps|cuda(:\d+)?")
+
+
+def _problem(key: str, v) -> str | None:
+    """What is wrong with value `v` of parameter `key` (with the fix), or None when it can be run."""
+    def count(minimum: int, optional: bool) -> str | None:
+        if v is None and optional:
+            return None
+        if _is_int(v) and v >= minimum:
+            return None
+        what = f"a whole number of at least {minimum}" + (" (or null for all)" if optional else "")
+        if isinstance(v, str):
+            return f"{v!r} is text; give {what}, without quotes"
+        return f"{v!r} is not {what}"
+
+    def name(kind: str, value) -> str | None:
+        known = _known(kind)
+        if isinstance(value, str) and value in known:
+            return None
+        return f"{value!r} is not one of {', '.join(known)}{_closest(str(value), known)}"
+
+    if key == "samples_per_family":
+        return count(1, optional=True)
+    if key in ("batch_size", "window"):
+        return count(1, optional=False)
+    if key == "max_new_tokens":
+        return count(1, optional=True)
+    if key == "seed":
+        return count(0, optional=False)
+    if key == "device":
+        if isinstance(v, str) and _DEVICE.fullmatch(v):
+            return None
+        return f"{v!r} is not a device; give cpu, cuda, cuda:N (e.g. cuda:0), mps or auto (spread over the GPUs)"
+    if key == "dtype":
+        return name("dtype", v)
+    if key == "protocol":
+        return name("protocol", v)
+    if key == "metric_spec":
+        return name("metric_spec", v)
+    if key == "rank_rule":
+        return None if v is None else name("rank_rule", v)
+    if key == "mode":
+        return name("sap_mode", v)
+    if key == "modes":
+        if not isinstance(v, list) or not v:
+            return f"{v!r} is not a list of SAP modes; write e.g. [gaussian_noise, uniform]"
+        bad = next((m for m in v if name("sap_mode", m)), None)
+        return None if bad is None else name("sap_mode", bad)
+    if key in ("lam", "rank_value"):
+        if _is_number(v) and v >= 0:
+            return None
+        return f"{v!r} is not a number of at least 0; {_number_fix(v)}" if isinstance(v, str) else \
+            f"{v!r} is not a number of at least 0"
+    if key == "lams":
+        if not isinstance(v, list) or not v:
+            return f"{v!r} is not a list of λ values; write a list, e.g. [0.0, 0.5, 1.0]"
+        bad = next((x for x in v if not (_is_number(x) and x >= 0)), None)
+        if bad is None:
+            return None
+        return f"{bad!r} in the list is not a number of at least 0" + (f"; {_number_fix(bad)}"
+                                                                       if isinstance(bad, str) else "")
+    if key in ("check_reference", "compare_protocols", "compare_specs", "reasoning"):
+        return None if isinstance(v, bool) else f"{v!r} is not true or false"
+    if key in ("split", "model", "data", "benchmark", "scope"):
+        return None if v is None or isinstance(v, str) else f"{v!r} is not text; give a name or a path"
+    return None
+
+
+def check_values(prof: Profile) -> None:
+    """Refuse a value that cannot be run: one line naming the profile file, where the key is, the value and the
+    fix (types, ranges, known names: SAP modes, metric specs, protocols, dtypes, devices)."""
+    places = [("common", prof.common)]
+    places += [(f"models[{i}] ({m.get('name')})", m) for i, m in enumerate(prof.models)]
+    places += [(f"benchmarks[{i}] ({b.get('name')})", b) for i, b in enumerate(prof.benchmarks)]
+    places += [(f"notebooks.{nb}", sec) for nb, sec in prof.sections.items()]
+    if prof.conditions is not None:
+        places.append(("conditions", {"modes": prof.conditions}))
+    for where, entries in places:
+        for key, value in entries.items():
+            if key in ("name", "path") and where.startswith(("models", "benchmarks")):
+                continue
+            problem = _problem(key, value)
+            if problem:
+                shown = "conditions" if where == "conditions" else f"{where}.{key}"
+                raise ValueError(f"profile file {prof.path}: {shown}: {problem}")
+
+
+def check_inputs(prof: Profile, devices: bool = True) -> None:
+    """Refuse, before any cell runs (and for --plan), a model path or benchmark data path that does not exist,
+    and with `devices` a CUDA device this machine does not have."""
+    from lostattn.pipeline.plan import _local
+
+    for i, m in enumerate(prof.models):
+        _check_model(prof, i, m, _local)
+    for where, entry in ([(f"benchmarks[{i}] ({b['name']})", b) for i, b in enumerate(prof.benchmarks)]
+                         + [("common", prof.common)] + [(f"notebooks.{n}", s) for n, s in prof.sections.items()]):
+        data = entry.get("data")
+        if data and not _local(str(data)).exists():
+            raise FileNotFoundError(f"profile file {prof.path}: {where}.data: {data} does not exist (read as "
+                                    f"{_local(str(data))}); give the benchmark's file or dataset folder")
+    if devices:
+        import torch
+
+        for where, entry in [("common", prof.common)] + [(f"models[{i}] ({m['name']})", m)
+                                                          for i, m in enumerate(prof.models)]:
+            dev = entry.get("device")
+            if not isinstance(dev, str) or not dev.startswith("cuda"):
+                continue
+            have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            index = int(dev.split(":")[1]) if ":" in dev else 0
+            if index >= have:
+                raise ValueError(f"profile file {prof.path}: {where}.device: {dev!r}, but this machine has "
+                                 f"{have} CUDA device(s); give cpu" + (f" or cuda:0 to cuda:{have - 1}" if have
+                                                                         else ", or run on a GPU machine"))
+
+
+def _check_model(prof: Profile, i: int, m: dict, local) -> None:
+    path = str(m["path"])
+    if path == "embedded":
+        return
+    p = local(path)
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"profile file {prof.path}: models[{i}] ({m['name']}).path: {p} has no "
+                                    f"config.json: not a checkpoint folder; give the model's folder")
+        return
+    if path.count("/") == 1 and not path.startswith((".", "/", "~")):  # a hub id: it must be in the local cache
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(path, "config.json"), str):
+            return
+        raise FileNotFoundError(f"profile file {prof.path}: models[{i}] ({m['name']}).path: {path} is neither a "
+                                f"folder nor a hub id in the local cache (nothing is downloaded); give the "
+                                f"checkpoint's local folder")
+    raise FileNotFoundError(f"profile file {prof.path}: models[{i}] ({m['name']}).path: {path} does not exist (read "
+                            f"as {p}); give the checkpoint's folder")

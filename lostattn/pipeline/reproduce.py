@@ -23,8 +23,9 @@ notebook; notebooks that run once, such as the aggregated tables, last), so `--p
 runs as an array (`--cell N`). The book's cell of each notebook lands where `lostattn.pipeline.book` reads it
 (results/<profile>/notebooks/<notebook>.ipynb, outputs in results/<profile>/<notebook>/); every other cell under
 results/<profile>/cells/<model>/<benchmark>/. A cell is skipped when its cache key -- the notebook, its
-parameters, the package's source, the data it reads (embedded model, benchmark definition, paper tables, references,
-and the model folder's and benchmark file's fingerprints) -- equals the one stored after its last successful run.
+parameters, the code it runs (the modules it imports, through the import graph), the data it reads (embedded model,
+benchmark definition, paper tables, references, the model folder's fingerprint, the benchmark's samples and the bytes
+of every image they name) -- equals the one stored after its last successful run (`lostattn.pipeline.keys`).
 A cell whose key changed starts from an empty output folder; one interrupted with the same key resumes (the harness
 skips finished samples). A failing cell does not stop the others: every failure is listed at the end.
 
@@ -42,7 +43,8 @@ from lostattn.pipeline.execute import NotebookProgress, _failure_text, _hms, run
 from lostattn.pipeline.folders import _update_marker, check_out_dir, prepare_out_dir, read_marker
 from lostattn.pipeline.keys import CacheKeys, up_to_date
 from lostattn.pipeline.plan import MatrixCell, _local, plan, select
-from lostattn.pipeline.profiles import NOTEBOOKS, Profile, load_profile
+from lostattn.pipeline.profiles import NOTEBOOKS, Profile, check_inputs, load_profile
+from lostattn.provenance import writing
 
 def _command(prof: Profile, number: int) -> str:
     cmd = ["lostattn", "reproduce", "--profile", prof.name]
@@ -96,6 +98,7 @@ def reproduce(profile: str = "tiny", only=None, force: bool = False, config: str
     """Run the profile's cells (all, or those the options select), skipping finished ones and going on past
     failures; then build the book when the whole profile ran. Returns the exit status (1 when a cell failed)."""
     prof = load_profile(profile, config)
+    check_inputs(prof, devices=not plan_only)  # every path (and device) named before any cell runs
     cells = plan(prof)
     chosen = select(cells, only, model, benchmark, cell)
     keys = CacheKeys(cells)
@@ -191,7 +194,8 @@ def _run_cell(cell: MatrixCell, key: str) -> tuple[str, Path | None] | None:
                 _update_marker(cell, marker, state="failed", error=_failure_text(err))
                 return (_failure_text(err), cell.out_nb if cell.out_nb.is_file() else None)
             _update_marker(cell, marker, state="done", seconds=round(time.perf_counter() - t, 1))
-            cell.key_file.write_text(key)
+            with writing(cell.key_file):
+                cell.key_file.write_text(key)
             return None
     except Busy as err:
         return (str(err), None)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import re
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lostattn.tasks.types import BenchmarkDataError, MissingImageError
@@ -38,6 +40,25 @@ def looks_like_image(head: bytes) -> bool:
     return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """`im` as 8-bit RGB with its real values: 16-bit and 32-bit integer greyscale (modes I;16*, I: PNG and TIFF
+    16-bit images) scaled from 0-65535 to 0-255 and float greyscale (F) from 0-1 (or clipped to 0-255 when its values
+    exceed 1), where PIL's own convert("RGB") clips every value above 255 to white."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im, dtype=np.float64) / 257.0  # 65535 / 255: the 16-bit range onto the 8-bit one
+    elif im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = a * 255.0 if np.nanmax(a, initial=0.0) <= 1.0 else a
+    else:
+        return im.convert("RGB")
+    return Image.fromarray(np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8), "L").convert("RGB")
+
+
+def _too_large(where: str, e: Exception) -> BenchmarkDataError:
+    return BenchmarkDataError(f"{where}: the image is too large to decode safely ({e}); shrink it (e.g. to at most "
+                              f"{Image.MAX_IMAGE_PIXELS} pixels) or replace it with the benchmark's original")
+
+
 class ImageRef:
     """A lazily decoded image; calling it returns the RGB PIL image or raises an error naming where it came from."""
 
@@ -47,7 +68,9 @@ class ImageRef:
     def _decode(self, data: bytes) -> Image.Image:
         try:
             with Image.open(io.BytesIO(data)) as im:
-                return im.convert("RGB")
+                return to_rgb(im)
+        except Image.DecompressionBombError as e:
+            raise _too_large(self.where, e) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise BenchmarkDataError(f"{self.where}: the stored image cannot be decoded ({e}); the file is damaged "
                                      f"or truncated: re-export or re-download the benchmark") from None
@@ -60,12 +83,17 @@ class FileImage(ImageRef):
         super().__init__(where)
         self.path, self.hint = Path(path), hint
 
+    def fingerprint(self) -> str:
+        return file_fingerprint(self.path)
+
     def __call__(self) -> Image.Image:
         if not self.path.is_file():
             raise MissingImageError(f"{self.where}: image file {self.path} does not exist{self.hint}")
         try:
             with Image.open(self.path) as im:
-                return im.convert("RGB")
+                return to_rgb(im)
+        except Image.DecompressionBombError as e:
+            raise _too_large(f"{self.where}: image file {self.path}", e) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise BenchmarkDataError(f"{self.where}: image file {self.path} cannot be decoded ({e}); replace it "
                                      f"with the original image") from None
@@ -77,6 +105,9 @@ class Base64Image(ImageRef):
     def __init__(self, data: str, where: str):
         super().__init__(where)
         self.data = data
+
+    def fingerprint(self) -> str:
+        return "bytes:" + _sha(self.data.encode())
 
     def __call__(self) -> Image.Image:
         try:
@@ -93,6 +124,9 @@ class BytesImage(ImageRef):
     def __init__(self, data: bytes, where: str):
         super().__init__(where)
         self.data = data
+
+    def fingerprint(self) -> str:
+        return "bytes:" + _sha(self.data)
 
     def __call__(self) -> Image.Image:
         return self._decode(self.data)
@@ -115,10 +149,71 @@ class ArrowImage(ImageRef):
         super().__init__(where)
         self.column, self.index = column, index
 
-    def __call__(self) -> Image.Image:
+    def _bytes(self) -> bytes:
         value = self.column[self.index].as_py()
-        data = value.get("bytes") if isinstance(value, dict) else value
-        return self._decode(data)
+        return value.get("bytes") if isinstance(value, dict) else value
+
+    def fingerprint(self) -> str:
+        return "bytes:" + _sha(self._bytes() or b"")
+
+    def __call__(self) -> Image.Image:
+        return self._decode(self._bytes())
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+_WHOLE_BELOW = 64 << 20  # image files up to this size are hashed whole
+_SAMPLE = 1 << 20
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """What identifies an image file's content: its name and the SHA-256 of its bytes (all of them up to 64 MB;
+    beyond, the first and last MB with the size and modification time, so an edit in the middle still shows), or
+    'missing'. The folder it lies in is not part of it: moving a benchmark keeps its keys."""
+    p = Path(path)
+    if not p.is_file():
+        return f"file:{p.name}:missing"
+    st = p.stat()
+    # Within one process, a file seen with the same size and change times is not read again (POPE's samples
+    # share their COCO images); any write changes st_mtime_ns and st_ctime_ns.
+    seen = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if seen not in _FINGERPRINTS:
+        _FINGERPRINTS[seen] = _hash_image_file(p, st)
+    return _FINGERPRINTS[seen]
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def _hash_image_file(p: Path, st) -> str:
+    h = hashlib.sha256()
+    with p.open("rb") as fh:
+        if st.st_size < _WHOLE_BELOW:
+            h.update(fh.read())
+        else:
+            h.update(fh.read(_SAMPLE))
+            fh.seek(st.st_size - _SAMPLE)
+            h.update(fh.read(_SAMPLE))
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return f"file:{p.name}:{h.hexdigest()[:16]}"
+
+
+def image_fingerprint(img) -> str:
+    """What identifies a sample's image content, for the keys of records and cells: 'none' without an image; the
+    bytes (or a file's `file_fingerprint`) of a stored image; the pixels of an image in memory; a generated
+    image's own fingerprint (the synthetic benchmark: its definition, split and index)."""
+    if img is None:
+        return "none"
+    if isinstance(img, (str, Path)):
+        return file_fingerprint(img)
+    if isinstance(img, Image.Image):
+        return "pixels:" + _sha(f"{img.mode}{img.size}".encode() + img.tobytes())
+    if hasattr(img, "fingerprint"):
+        return img.fingerprint()
+    raise TypeError(f"an image of type {type(img).__name__} has no fingerprint; give it a fingerprint() method, so "
+                    f"that a change of its content is noticed")
 
 
 def _not_an_image(where: str, what: str) -> BenchmarkDataError:

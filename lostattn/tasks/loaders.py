@@ -65,6 +65,8 @@ text as given (normalised matching ignores brackets and dots), so a letter read 
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -309,5 +311,31 @@ def load_benchmark(name: str, path=None, split: str = "test", limit_per_family: 
     return get_benchmark(name).samples(path, split=split, limit_per_family=limit_per_family, image_root=image_root)
 
 
+def benchmark_fingerprint(name: str, path, split: str = "test", image_root: str | Path | None = None) -> str:
+    """What identifies a benchmark input's content, for a cell's cache key: the SHA-256 over every sample's id,
+    question, answer and options and its image's `lostattn.tasks.images.image_fingerprint` (an image file's bytes,
+    an Arrow or base64 image's bytes), so an image overwritten under the same name changes it. An input that cannot
+    be read gives the error's text (the cell then runs, and fails with it)."""
+    from lostattn.tasks.images import image_fingerprint
+
+    h = hashlib.sha256()
+    try:
+        samples = load_benchmark(name, path, split=split, image_root=image_root)
+    except (ValueError, OSError) as e:
+        return "unreadable:" + hashlib.sha256(str(e).encode()).hexdigest()[:16]
+    seen: dict[str, str] = {}  # an image file several samples share (POPE's COCO images) is read once
+    for s in samples:
+        img = s.image
+        ref = str(getattr(img, "path", "")) or (str(img) if isinstance(img, (str, Path)) else "")
+        if ref and ref in seen:
+            fp = seen[ref]
+        else:
+            fp = image_fingerprint(img)
+            if ref:
+                seen[ref] = fp
+        h.update(json.dumps([s.id, s.question, s.answer, s.options, fp], sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
 __all__ = ["BENCHMARKS", "REGISTRY", "Benchmark", "display_name", "formats_table", "get_benchmark",
-           "listed_options", "load_benchmark", "mc_question"]
+           "listed_options", "load_benchmark", "mc_question", "benchmark_fingerprint"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -164,20 +165,40 @@ def _read_delimited(path: Path, sep: str) -> SourceTable:
 
     kind = "TSV" if sep == "\t" else "CSV"
     try:
-        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        # index_col=False: rows ending in a separator (one more, empty field than the header) would otherwise turn
+        # the first column into the index and shift every other column by one.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False)
+        if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+            _refuse_extra_fields(path, sep, len(df.columns), kind)
     except UnicodeDecodeError:
         raise _not_utf8(path) from None
     except pd.errors.EmptyDataError:
         raise BenchmarkDataError(f"benchmark file {path} is empty (no header, no records); it should hold a header "
                                  f"line and one {kind} row per record: download or export it again") from None
     except pd.errors.ParserError as e:
-        raise BenchmarkDataError(f"{path} is not valid {kind}: {e}; fix the file or export it again") from None
+        raise BenchmarkDataError(f"{path} is not valid {kind}: {' '.join(str(e).split())}; fix the file or "
+                                 f"export it again") from None
     if df.empty:
         raise BenchmarkDataError(f"benchmark file {path} has a header ({_preview(list(df.columns))}) but no records; "
                                  f"download or export it again")
     rows = df.to_dict("records")
     _dereference_images(rows)
     return SourceTable(str(path), path.parent, rows, locate=lambda i: f"line {i + 2}")
+
+
+def _refuse_extra_fields(path: Path, sep: str, width: int, kind: str) -> None:
+    """Refuse a row holding a non-empty value beyond the header's columns (pandas would drop it); rows that only end
+    in a separator (an empty extra field, as some exporters write) are read as they are."""
+    import csv
+
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        for n, row in enumerate(csv.reader(fh, delimiter=sep), start=1):
+            if n > 1 and any(v.strip() for v in row[width:]):
+                raise BenchmarkDataError(f"{path}, line {n}: {len(row)} fields but the header names {width} columns; "
+                                         f"the row holds a value beyond the last column ({row[width][:40]!r}): fix "
+                                         f"that line (a stray {kind} separator?) or export the file again")
 
 
 def _dereference_images(rows: list[dict]) -> None:
@@ -247,6 +268,8 @@ def _read_folder(path: Path, split: str, test_splits: tuple[str, ...], bench: st
             f"{path} is a folder without parquet files (data/<split>-00000-of-00001.parquet) or a dataset saved with "
             f"save_to_disk (dataset_dict.json, state.json){hint}; give the {bench} file or its dataset folder")
     names = _pick_splits(sorted(shards), split, test_splits, str(path))
+    for name in names:
+        _refuse_missing_shards(path, shards[name])
     import pyarrow as pa
 
     tables, spans, prefixes = [], [], []
@@ -269,6 +292,27 @@ def _read_folder(path: Path, split: str, test_splits: tuple[str, ...], bench: st
     t = _from_arrow(table, source=f"{path} (split {'+'.join(names)})", base_dir=path, locate=locate)
     t.id_prefixes = prefixes if len(names) > 1 else None
     return t
+
+
+_OF = re.compile(r"^(?P<stem>.+?)-(?P<index>\d{5})-of-(?P<total>\d{5})(?:-[0-9a-f]+)?\.parquet$")
+
+
+def _refuse_missing_shards(root: Path, files: list[Path]) -> None:
+    """Refuse a split whose numbered shards (`test-00001-of-00003.parquet`) are not all there: the hub names each
+    shard with the count of them, so a missing one is known, and reading the others would score a part silently."""
+    groups: dict[tuple[Path, str, int], set[int]] = {}
+    for f in files:
+        m = _OF.match(f.name)
+        if m:
+            groups.setdefault((f.parent, m["stem"], int(m["total"])), set()).add(int(m["index"]))
+    for (folder, stem, total), have in sorted(groups.items()):
+        missing = [f"{stem}-{i:05d}-of-{total:05d}.parquet" for i in range(total) if i not in have]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            where = folder.relative_to(root)
+            raise BenchmarkDataError(f"{root}: shard {where / missing[0]} is missing ({len(have)} of the {total} "
+                                     f"shards of {where / stem} are there; missing: {shown}); download the missing "
+                                     f"shard(s) again, or the split would be scored in part")
 
 
 def _pick_splits(available: list[str], split: str, test_splits: tuple[str, ...], source: str) -> list[str]:

@@ -149,6 +149,34 @@ def render(scene: Scene, cfg: SyntheticConfig) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), mode="RGB")
 
 
+_LETTERS = "ABCD"
+
+
+def _ocr(scene: Scene) -> dict:
+    """ocr: the character written in the scene."""
+    return dict(family="ocr", subtype="char", kind="short", answer=scene.char,
+                question=f"What character is written in the image? {SHORT_SUFFIX}")
+
+
+def _mc(objs, pos, absent: list, rng: np.random.Generator) -> dict:
+    """mc: which object is present (`pos` and three absent ones), or how many objects; options in a random order."""
+    if rng.random() < 0.5:
+        wrong = [absent[i] for i in rng.choice(len(absent), size=3, replace=False)]
+        opts = [f"{c} {s}" for c, s in wrong] + [pos.name]
+        stem, sub, correct = "Which object is in the image?", "object", pos.name
+    else:
+        n = len(objs)
+        cands = [v for v in range(1, 7) if v != n]
+        opts = [str(v) for v in rng.choice(cands, size=3, replace=False)] + [str(n)]
+        stem, sub, correct = "How many objects are there?", "count", str(n)
+    order = rng.permutation(4)
+    opts = [opts[i] for i in order]
+    options = dict(zip(_LETTERS, opts))
+    body = "\n".join(f"{k}. {v}" for k, v in options.items())
+    return dict(family="mc", subtype=sub, kind="mc", answer=_LETTERS[opts.index(correct)], options=options,
+                question=f"Question: {stem}\nOptions:\n{body}\n{MC_SUFFIX}")
+
+
 class SyntheticBenchmark:
     """Scenes and questions of one definition; `samples(split)` gives the VQASample list of a split."""
 
@@ -200,13 +228,21 @@ class SyntheticBenchmark:
 
     # ---- questions ------------------------------------------------------------------------------------------
     def _questions(self, scene: Scene, rng: np.random.Generator) -> list[dict]:
-        """All questions of one scene: one per family, two for exist (one yes, one no)."""
+        """All questions of one scene: one per family, two for exist (one yes, one no), then the auxiliary ones.
+
+        The scored families draw from `rng` in a fixed order (exist, attribute, count, spatial, mc; ocr draws
+        nothing); the auxiliary ones from their own stream, so adding them changes no scored question."""
         objs = scene.objects
         present = {(o.colour, o.shape) for o in objs}
         absent = [c for c in _combos() if c not in present]
-        qs: list[dict] = []
+        exist, pos = self._exist(objs, present, absent, rng)
+        qs = exist + [self._attribute(objs, rng), self._count(objs, rng), self._spatial(scene, rng), _ocr(scene),
+                      _mc(objs, pos, absent, rng)]
+        return qs + self._auxiliary(scene, absent)
 
-        # exist: one positive, one negative of a sampling strategy chosen per scene (as POPE's three subsets)
+    def _exist(self, objs, present: set, absent: list, rng: np.random.Generator) -> tuple[list[dict], "SceneObject"]:
+        """exist: one positive, one negative of a sampling strategy chosen per scene (as POPE's three subsets);
+        also the positive object, which the mc question reuses."""
         pos = objs[int(rng.integers(len(objs)))]
         strategy = EXIST_NEGATIVES[int(rng.integers(3))]
         if strategy == "random":
@@ -216,11 +252,14 @@ class SyntheticBenchmark:
         else:  # adversarial: shares colour or shape with something present
             hard = [c for c in absent if any(c[0] == o.colour or c[1] == o.shape for o in objs)] or absent
             neg = hard[int(rng.integers(len(hard)))]
-        for (colour, shape), ans in (((pos.colour, pos.shape), "yes"), (neg, "no")):
-            qs.append(dict(family="exist", subtype=strategy, kind="yesno", answer=ans,
-                           question=f"Is there a {colour} {shape} in the image? {YESNO_SUFFIX}"))
+        qs = [dict(family="exist", subtype=strategy, kind="yesno", answer=ans,
+                   question=f"Is there a {colour} {shape} in the image? {YESNO_SUFFIX}")
+              for (colour, shape), ans in (((pos.colour, pos.shape), "yes"), (neg, "no"))]
+        return qs, pos
 
-        # attribute: colour of a unique shape, shape of a unique colour, or size of a named object
+    @staticmethod
+    def _attribute(objs, rng: np.random.Generator) -> dict:
+        """attribute: colour of a unique shape, shape of a unique colour, or size of a named object."""
         shape_counts = {s: sum(o.shape == s for o in objs) for s in SHAPES}
         colour_counts = {c: sum(o.colour == c for o in objs) for c in COLOURS}
         choice = int(rng.integers(3))
@@ -231,17 +270,23 @@ class SyntheticBenchmark:
             q, a, sub = f"What shape is the {o.colour} object?", o.shape, "shape"
         else:
             q, a, sub = f"What size is the {o.name}?", o.size, "size"
-        qs.append(dict(family="attribute", subtype=sub, kind="short", answer=a, question=f"{q} {SHORT_SUFFIX}"))
+        return dict(family="attribute", subtype=sub, kind="short", answer=a, question=f"{q} {SHORT_SUFFIX}")
 
-        # count: all objects, or one shape (zero allowed)
+    @staticmethod
+    def _count(objs, rng: np.random.Generator) -> dict:
+        """count: all objects, or one shape (zero allowed)."""
         if rng.random() < 0.5:
             q, a, sub = "How many objects are there?", str(len(objs)), "objects"
         else:
             s = SHAPES[int(rng.integers(len(SHAPES)))]
-            q, a, sub = f"How many {s}s are there?", str(shape_counts[s]), "shape"
-        qs.append(dict(family="count", subtype=sub, kind="short", answer=a, question=f"{q} {SHORT_SUFFIX}"))
+            q, a, sub = f"How many {s}s are there?", str(sum(o.shape == s for o in objs)), "shape"
+        return dict(family="count", subtype=sub, kind="short", answer=a, question=f"{q} {SHORT_SUFFIX}")
 
-        # spatial: a pair in different columns (left/right) or rows (above/below)
+    @staticmethod
+    def _spatial(scene: Scene, rng: np.random.Generator) -> dict:
+        """spatial: a pair in different columns (left/right) or rows (above/below); a lone object is placed
+        relative to the character."""
+        objs = scene.objects
         pairs = [(a_, b_) for a_ in objs for b_ in objs if a_ is not b_]
         horiz = [(a_, b_) for a_, b_ in pairs if a_.col != b_.col]
         vert = [(a_, b_) for a_, b_ in pairs if a_.row != b_.row]
@@ -254,7 +299,7 @@ class SyntheticBenchmark:
             else:
                 q = f"Is the {a_.name} above or below the {b_.name}?"
                 ans, sub = ("above" if a_.row < b_.row else "below"), "vertical"
-        else:  # a single object: where is it relative to the character?
+        else:
             a_ = objs[0]
             if a_.col != scene.char_cell[1]:
                 q = f"Is the {a_.name} to the left or to the right of the character?"
@@ -262,42 +307,20 @@ class SyntheticBenchmark:
             else:
                 q = f"Is the {a_.name} above or below the character?"
                 ans, sub = ("above" if a_.row < scene.char_cell[0] else "below"), "vertical"
-        qs.append(dict(family="spatial", subtype=sub, kind="short", answer=ans, question=f"{q} {SHORT_SUFFIX}"))
+        return dict(family="spatial", subtype=sub, kind="short", answer=ans, question=f"{q} {SHORT_SUFFIX}")
 
-        # ocr
-        qs.append(dict(family="ocr", subtype="char", kind="short", answer=scene.char,
-                       question=f"What character is written in the image? {SHORT_SUFFIX}"))
+    def _auxiliary(self, scene: Scene, absent: list) -> list[dict]:
+        """The training-only families: describe (draws nothing), locate and letter (their own stream, seeded by the
+        scene, so the scored families are the same with or without them)."""
+        objs = scene.objects
 
-        # mc: which object is present (one present, three absent), or how many objects
-        letters = "ABCD"
-        if rng.random() < 0.5:
-            wrong = [absent[i] for i in rng.choice(len(absent), size=3, replace=False)]
-            opts = [f"{c} {s}" for c, s in wrong] + [pos.name]
-            stem, sub = "Which object is in the image?", "object"
-            correct = pos.name
-        else:
-            n = len(objs)
-            cands = [v for v in range(1, 7) if v != n]
-            opts = [str(v) for v in rng.choice(cands, size=3, replace=False)] + [str(n)]
-            stem, sub = "How many objects are there?", "count"
-            correct = str(n)
-        order = rng.permutation(4)
-        opts = [opts[i] for i in order]
-        options = dict(zip(letters, opts))
-        letter = letters[opts.index(correct)]
-        body = "\n".join(f"{k}. {v}" for k, v in options.items())
-        qs.append(dict(family="mc", subtype=sub, kind="mc", answer=letter, options=options,
-                       question=f"Question: {stem}\nOptions:\n{body}\n{MC_SUFFIX}"))
-
-        # describe (auxiliary; draws nothing from rng, so the families above are the same with or without it)
         def where(r, c):
             return f"{ROW_NAMES[r] if self.cfg.grid == 3 else r} {COL_NAMES[c] if self.cfg.grid == 3 else c}"
         parts = [f"{o.size} {o.name} at {where(o.row, o.col)}" for o in sorted(objs, key=lambda o: (o.row, o.col))]
         parts.append(f"character {scene.char} at {where(*scene.char_cell)}")
-        qs.append(dict(family="describe", subtype="scene", kind="short", answer=" , ".join(parts),
-                       question="Describe the image."))
+        qs = [dict(family="describe", subtype="scene", kind="short", answer=" , ".join(parts),
+                   question="Describe the image.")]
 
-        # locate (auxiliary): one object present, one absent; its own stream, so the families above do not change
         aux = np.random.default_rng([scene.noise_seed, 11])
         o = objs[int(aux.integers(len(objs)))]
         gone = absent[int(aux.integers(len(absent)))]
@@ -305,14 +328,14 @@ class SyntheticBenchmark:
             qs.append(dict(family="locate", subtype="present" if ans != "nowhere" else "absent", kind="short",
                            answer=ans, question=f"Where is the {colour} {shape}?"))
 
-        # letter (auxiliary): which letter holds a named option, in the multiple-choice format
         if aux.random() < 0.5:
             opts = [f"{c} {s}" for c, s in (_combos()[i] for i in aux.choice(len(_combos()), size=4, replace=False))]
         else:
             opts = [str(v) for v in aux.choice(range(1, 7), size=4, replace=False)]
         k = int(aux.integers(4))
-        body = "\n".join(f"{letter}. {v}" for letter, v in zip(letters, opts))
-        qs.append(dict(family="letter", subtype="lookup", kind="mc", answer=letters[k], options=dict(zip(letters, opts)),
+        body = "\n".join(f"{letter}. {v}" for letter, v in zip(_LETTERS, opts))
+        qs.append(dict(family="letter", subtype="lookup", kind="mc", answer=_LETTERS[k],
+                       options=dict(zip(_LETTERS, opts)),
                        question=f"Question: Which option is {opts[k]}?\nOptions:\n{body}\n{MC_SUFFIX}"))
         return qs
 
@@ -360,6 +383,12 @@ class _ImageFactory:
 
     def __init__(self, bench: SyntheticBenchmark, split: str, index: int):
         self.bench, self.split, self.index = bench, split, index
+
+    def fingerprint(self) -> str:
+        """The definition, split and scene this image is drawn from (it is rendered from them alone)."""
+        cfg = json.dumps(self.bench.cfg.to_dict(), sort_keys=True)
+        scene = repr(self.bench.scenes[self.split][self.index].key())
+        return "synthetic:" + hashlib.sha256(f"{cfg}|{self.split}|{self.index}|{scene}".encode()).hexdigest()[:16]
 
     def __call__(self) -> Image.Image:
         return self.bench.image(self.split, self.index)

@@ -38,15 +38,24 @@ class VQASample:
 
     def load_image(self) -> Image.Image | None:
         """The RGB image, loaded lazily from a path or a factory; None for a text-only sample."""
+        from lostattn.tasks.images import to_rgb  # images.py builds on this module
+
         img = self.image
         if img is None:
             return None
-        if callable(img):
-            img = img()
-        elif isinstance(img, (str, Path)):
-            path = Path(img)
-            if not path.is_file():
-                raise MissingImageError(f"sample {self.id}: image file {path} does not exist")
-            with Image.open(path) as f:
-                img = f.convert("RGB")
-        return img.convert("RGB") if img.mode != "RGB" else img
+        try:
+            if callable(img):
+                img = img()
+            elif isinstance(img, (str, Path)):
+                path = Path(img)
+                if not path.is_file():
+                    raise MissingImageError(f"image file {path} does not exist")
+                try:
+                    with Image.open(path) as f:
+                        img = to_rgb(f)
+                except Image.DecompressionBombError as e:
+                    raise BenchmarkDataError(f"image file {path} is too large to decode safely ({e}); shrink it or "
+                                             f"replace it with the benchmark's original") from None
+        except BenchmarkDataError as e:  # the sample's id first: which sample of the run could not be read
+            raise type(e)(f"sample {self.id}: {e}") from None
+        return img if img.mode == "RGB" else to_rgb(img)
