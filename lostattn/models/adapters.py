@@ -90,7 +90,7 @@ class FamilyFacts:
     # that adds it (X_in of layer i+1 = X_out of layer i + that update)
     between_layers: dict = field(default_factory=dict)
     vision_tower: str = "vision_tower"
-    vision_layers: str = "vision_model.encoder.layers"
+    vision_layers: str = "encoder.layers"
     vision_attn: str = "self_attn"
     vision_drops_cls: bool = False  # the tower's first token is a CLS token the decoder never sees
     window_order: bool = False  # the tower orders merge groups by attention window (Qwen2.5-VL), undone by layouts
@@ -104,7 +104,7 @@ class FamilyFacts:
     markers: str = ""
 
 
-_LLAVA_TOWER = dict(vision_layers="vision_model.encoder.layers", vision_attn="self_attn")
+_LLAVA_TOWER = dict(vision_layers="encoder.layers", vision_attn="self_attn")
 _QWEN_TOWER = dict(vision_tower="visual", vision_layers="blocks", vision_attn="attn",
                    needs_inputs=("image_grid_thw", "mm_token_type_ids"), markers="<|vision_start|>, <|vision_end|>")
 
