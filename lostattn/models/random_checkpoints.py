@@ -2,11 +2,13 @@
 processors and saved with `save_pretrained`, exactly as a hub checkpoint is laid out on disk.
 
 They stand in for what users bring (llava-1.5-7b-hf, llava-v1.6-*, llava-onevision-qwen2-*-ov-hf, Qwen2-VL,
-Qwen2.5-VL-*-Instruct): the tests build `tiny` ones of every family in seconds, and `published` sizes (the real
-models' widths and depths, random weights) measure time and memory on a GPU. Nothing is downloaded: the tokenizer is a
-byte-level BPE trained here on a fixed text, the chat templates follow the real checkpoints' (images rendered first
-by the llava-hf templates; Qwen's `<|vision_start|><|image_pad|><|vision_end|>`), and every image processor is the
-PIL one.
+Qwen2.5-VL-*-Instruct, and the newer Qwen3-VL-*-Instruct, gemma-3-*-it, InternVL3-*-hf, SmolVLM2-*-Instruct,
+Mistral-Small-3.1-*): the tests build `tiny` ones of every family in seconds, and `published` sizes (the real models'
+widths and depths, random weights) measure time and memory on a GPU. Nothing is downloaded: the tokenizer is a
+byte-level BPE trained here on a fixed text, the chat templates follow the real checkpoints' (images rendered first by
+the llava-hf templates; Qwen's `<|vision_start|><|image_pad|><|vision_end|>`; Gemma 3's and Mistral 3's type a BOS
+their tokenizers add again), every image processor is the PIL one, and the classes are those
+`adapters.MODEL_FAMILIES` names.
 
 Two file layouts, as users have them:
 - `hub`: `preprocessor_config.json` for the image processor (plus `video_preprocessor_config.json` for the families
@@ -243,18 +245,26 @@ def _id(tok, name: str) -> int:
     return tok.convert_tokens_to_ids(name)
 
 
-def _llava_like_config(family, size, tok):
+def _clip_llama(size, tok) -> dict:
     vis = transformers.CLIPVisionConfig(**_pick(
         size, dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=56,
                    patch_size=14, projection_dim=32),
         dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=336,
              patch_size=14, projection_dim=768)))
     text = transformers.LlamaConfig(**_text("llama", size, len(tok), tok))
-    common = dict(vision_config=vis, text_config=text, image_token_id=_id(tok, "<image>"), vision_feature_layer=-2,
-                  vision_feature_select_strategy="default", projector_hidden_act="gelu")
-    if family == "llava":
-        return transformers.LlavaConfig(image_seq_length=(vis.image_size // vis.patch_size) ** 2, **common)
-    s = vis.image_size
+    return dict(vision_config=vis, text_config=text, image_token_id=_id(tok, "<image>"), vision_feature_layer=-2,
+                vision_feature_select_strategy="default", projector_hidden_act="gelu")
+
+
+def _llava_config(family, size, tok):
+    common = _clip_llama(size, tok)
+    vis = common["vision_config"]
+    return transformers.LlavaConfig(image_seq_length=(vis.image_size // vis.patch_size) ** 2, **common)
+
+
+def _llava_next_config(family, size, tok):
+    common = _clip_llama(size, tok)
+    s = common["vision_config"].image_size
     return transformers.LlavaNextConfig(image_grid_pinpoints=[[s, 2 * s], [2 * s, s], [2 * s, 2 * s],
                                                               [3 * s, s], [s, 3 * s]], **common)
 
@@ -279,15 +289,23 @@ def _qwen_ids(tok) -> dict:
                 vision_start_token_id=_id(tok, "<|vision_start|>"), vision_end_token_id=_id(tok, "<|vision_end|>"))
 
 
-def _qwen2_config(family, size, tok):
+def _qwen2_text(size, tok) -> dict:
     text_kw = _text("qwen", size, len(tok), tok)
     text_kw["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6,
                                   "mrope_section": [4, 2, 2] if size == "tiny" else [16, 24, 24]}
-    if family == "qwen2_vl":
-        vis = _pick(size, dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2),
-                    dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4))
-        vis["hidden_size"] = text_kw["hidden_size"]
-        return transformers.Qwen2VLConfig(vision_config=vis, text_config=text_kw, **_qwen_ids(tok))
+    return text_kw
+
+
+def _qwen2_vl_config(family, size, tok):
+    text_kw = _qwen2_text(size, tok)
+    vis = _pick(size, dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2),
+                dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4))
+    vis["hidden_size"] = text_kw["hidden_size"]
+    return transformers.Qwen2VLConfig(vision_config=vis, text_config=text_kw, **_qwen_ids(tok))
+
+
+def _qwen2_5_vl_config(family, size, tok):
+    text_kw = _qwen2_text(size, tok)
     vis = _pick(size, dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, window_size=56,
                            fullatt_block_indexes=[1, 3]),
                 dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, window_size=112,
@@ -361,8 +379,9 @@ def _mistral3_config(family, size, tok):
 # ---- processors (image processors are the PIL ones) -----------------------------------------------------------------
 def _llava_like_processor(family, config, tok, size, cls, ip_cls, template):
     s = config.vision_config.image_size
-    extra = {"image_grid_pinpoints": config.image_grid_pinpoints} if family == "llava_next" else {}
-    ip = ip_cls(size={"shortest_edge": s}, crop_size={"height": s, "width": s}, **extra)
+    pins = getattr(config, "image_grid_pinpoints", None)  # LLaVA-NeXT's tiles
+    ip = ip_cls(size={"shortest_edge": s}, crop_size={"height": s, "width": s},
+                **({"image_grid_pinpoints": pins} if pins else {}))
     return cls(image_processor=ip, tokenizer=tok, patch_size=config.vision_config.patch_size,
                vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=template)
 
@@ -376,15 +395,20 @@ def _onevision_processor(family, config, tok, size, cls, ip_cls, template):
                vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9")
 
 
-def _qwen_processor(family, config, tok, size, cls, ip_cls, template):
+def _qwen_processor(family, config, tok, size, cls, ip_cls, template, normalise: dict | None = None):
+    normalise = normalise or {}
     patch = config.vision_config.patch_size
     unit = patch * 2  # one merged token
     pixels = (dict(min_pixels=(4 * unit) ** 2, max_pixels=(8 * unit) ** 2) if size == "tiny"
               else dict(min_pixels=3136, max_pixels=12845056))
-    extra = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3} if family == "qwen3_vl" else {}
     ip = ip_cls(size={"shortest_edge": pixels["min_pixels"], "longest_edge": pixels["max_pixels"]},
-                patch_size=patch, merge_size=2, temporal_patch_size=2, **extra)
+                patch_size=patch, merge_size=2, temporal_patch_size=2, **normalise)
     return cls(image_processor=ip, tokenizer=tok, chat_template=template)
+
+
+def _qwen3_processor(family, config, tok, size, cls, ip_cls, template):
+    return _qwen_processor(family, config, tok, size, cls, ip_cls, template,
+                           normalise={"image_mean": [0.5] * 3, "image_std": [0.5] * 3})  # Qwen3-VL's
 
 
 def _gemma3_processor(family, config, tok, size, cls, ip_cls, template):
@@ -419,12 +443,12 @@ def _mistral3_processor(family, config, tok, size, cls, ip_cls, template):
 
 # per family: (config builder, processor builder); the classes come from adapters.MODEL_FAMILIES
 _BUILDERS = {
-    "llava": (_llava_like_config, _llava_like_processor),
-    "llava_next": (_llava_like_config, _llava_like_processor),
+    "llava": (_llava_config, _llava_like_processor),
+    "llava_next": (_llava_next_config, _llava_like_processor),
     "llava_onevision": (_onevision_config, _onevision_processor),
-    "qwen2_vl": (_qwen2_config, _qwen_processor),
-    "qwen2_5_vl": (_qwen2_config, _qwen_processor),
-    "qwen3_vl": (_qwen3_config, _qwen_processor),
+    "qwen2_vl": (_qwen2_vl_config, _qwen_processor),
+    "qwen2_5_vl": (_qwen2_5_vl_config, _qwen_processor),
+    "qwen3_vl": (_qwen3_config, _qwen3_processor),
     "gemma3": (_gemma3_config, _gemma3_processor),
     "internvl": (_internvl_config, _internvl_processor),
     "smolvlm": (_smolvlm_config, _smolvlm_processor),
