@@ -127,34 +127,52 @@ def test_token_groups_partition_each_tiles_patches(family, family_lm, few):
     assert n_tokens == int(lm.adapter.visual_mask(inputs["input_ids"]).sum())
 
 
-def test_shuffled_groups_match_the_models_features(family_lm, few):
-    """InternVL: make the vision tower output each patch's own number and run the model's feature path up to the
-    projector: each visual token's features are the numbers of the patches `groups` assigns to it."""
-    lm = family_lm("internvl")
-    inputs = prepare_inputs(lm, few[:1])
+SHUFFLE_INPUT = {"internvl": "multi_modal_projector", "smolvlm": "connector.modality_projection"}
+
+
+@pytest.mark.parametrize("family", ["internvl", "smolvlm"])
+def test_shuffled_groups_match_the_models_features(family, family_lm, few):
+    """Make the vision tower output each patch's own number and run the model's feature path up to the projector
+    that follows the pixel shuffle: each visual token's features are the numbers of the patches `groups` assigns to
+    it, on every tile."""
+    from lostattn.models.adapters import attribute_path
+
+    from PIL import Image
+
+    from lostattn.tasks.types import VQASample
+
+    g = torch.Generator().manual_seed(0)
+    image = Image.fromarray((torch.rand(112, 112, 3, generator=g) * 255).to(torch.uint8).numpy())  # several tiles
+    lm = family_lm(family)
+    inputs = prepare_inputs(lm, [VQASample(id="big", question="What is it?", answer="x", family="probe",
+                                           kind="short", image=image)])
     inner = lm.model.model
     layout = lm.adapter.layout
+    drops_cls = int(lm.adapter.spec.vision_drops_cls)
     seen = {}
-    h = inner.multi_modal_projector.register_forward_pre_hook(lambda m, a: seen.update(x=a[0]))
-    n_p = (layout.tiles(lm, inputs)[0].shape[-1] // layout.patch_size(lm)) ** 2
 
     def tagged(module, args, out):
-        tags = torch.arange(out.last_hidden_state.shape[1], dtype=out.last_hidden_state.dtype) - 1  # CLS is -1
-        out.last_hidden_state = tags.view(1, -1, 1).expand_as(out.last_hidden_state).contiguous()
+        h = out.last_hidden_state
+        tags = torch.arange(h.shape[1], dtype=h.dtype) - drops_cls  # a CLS token gets -1
+        out.last_hidden_state = tags.view(1, -1, 1).expand_as(h).contiguous()
         return out
 
-    h2 = lm.adapter.vision_tower.register_forward_hook(tagged)
+    hooks = [attribute_path(inner, SHUFFLE_INPUT[family]).register_forward_pre_hook(lambda m, a: seen.update(x=a[0])),
+             lm.adapter.vision_tower.register_forward_hook(tagged)]
     try:
         with torch.no_grad():
-            inner.get_image_features(pixel_values=inputs["pixel_values"])
+            kw = {k: inputs[k] for k in ("pixel_values", "pixel_attention_mask") if k in inputs}
+            inner.get_image_features(**kw)
     finally:
-        h.remove()
-        h2.remove()
-    x = seen["x"][0]  # (G, C * f^2): for each token, every channel of its f^2 patches
-    groups = layout.groups(lm, int(n_p ** 0.5), int(n_p ** 0.5))
+        for h in hooks:
+            h.remove()
+    tiles = layout.tiles(lm, inputs)[0]
+    side = tiles.shape[-1] // layout.patch_size(lm)
+    groups = layout.groups(lm, side, side)
     c = lm.model.config.vision_config.hidden_size
-    got = x.reshape(x.shape[0], -1, c)[..., 0]  # the patch number of each of the token's patches
-    assert torch.equal(got.long(), groups)
+    x = seen["x"].reshape(-1, groups.shape[0], groups.shape[1], c)[..., 0]  # (tiles, G, f^2): patch numbers
+    assert x.shape[0] == tiles.shape[0] > 1  # several tiles (and the thumbnail / global image)
+    assert (x.long() == groups).all()
 
 
 def _records(path):
