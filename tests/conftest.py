@@ -23,7 +23,10 @@ def samples():
     return SyntheticBenchmark().samples("test", limit_per_family=2)
 
 
-from lostattn.models.random_checkpoints import RANDOM_CHECKPOINT_FAMILIES as FAMILIES  # noqa: E402 - every family the project builds
+from lostattn.models.adapters import MODEL_FAMILIES  # noqa: E402
+
+FAMILIES = tuple(MODEL_FAMILIES)  # every supported family; random_checkpoints builds each (test_models checks it)
+PAPER_FAMILIES = FAMILIES[:5]  # the paper's 2024-era families; the others are the newer ones (book/newer_models.md)
 
 
 @pytest.fixture(scope="session")

@@ -154,7 +154,7 @@ def test_pack_puts_each_patch_value_where_the_model_puts_that_patch(family, fami
         assert (~patch).sum() > 0  # image-newline tokens exist and hold no patch
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_qwen_merged_token_pixels_rebuild_the_processed_image(family, family_lm, shaped):
     """The pixels given to each merged token, laid out on the merged grid row-major, are the image the processor
     resized (its size from image_grid_thw), to rounding."""
@@ -170,7 +170,7 @@ def test_qwen_merged_token_pixels_rebuild_the_processed_image(family, family_lm,
         assert (img - want).abs().max() < 0.02
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_qwen_vis_enc_attn_matches_a_direct_computation(family, family_lm, shaped):
     """vis_enc_attn of the last vision block against q and k taken from the block's fused projection and rotary
     embedding by hand: softmax, max over each 2x2 merge group (queries and keys), mean over queries and heads, and
@@ -232,7 +232,7 @@ def test_capture_identity_and_hook_invariance(family, family_lm, shaped):
         assert torch.equal(a.x_out, b.x)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_qwen_inputs_carry_mm_token_type_ids(family, family_lm, shaped):
     """Qwen's 3-D rotary positions need mm_token_type_ids (transformers 5 refuses multimodal inputs without them, and
     earlier releases fell back to 1-D positions silently); the processor's output is passed whole, so the model

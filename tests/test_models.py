@@ -95,3 +95,27 @@ def test_committed_model_is_above_chance_in_every_family(lm, tmp_path):
         q = CHANCE[fam] / 100
         p = sum(comb(n, j) * q**j * (1 - q) ** (n - j) for j in range(k, n + 1))  # P(at least k right by guessing)
         assert acc >= CHANCE[fam] + 10 and p < 1e-6, f"{fam}: {acc:.1f}% of {n} (chance {CHANCE[fam]:.1f}%, p={p:.2g})"
+
+
+def test_every_family_has_all_its_facts():
+    """One table per concern, all keyed by the adapters' families: an official recipe (naming the script it
+    follows), a token layout, a random-checkpoint builder, classes transformers has, a processor that loads
+    without torchvision."""
+    import transformers
+
+    from lostattn.models.adapters import HOOK_POINTS, MODEL_FAMILIES, OFFICIAL_RECIPES
+    from lostattn.models.layouts import TOKEN_LAYOUTS
+    from lostattn.models.loader import processor_class
+    from lostattn.models.random_checkpoints import RANDOM_CHECKPOINT_FAMILIES
+
+    assert set(MODEL_FAMILIES) == set(OFFICIAL_RECIPES) == set(RANDOM_CHECKPOINT_FAMILIES)
+    for family, facts in MODEL_FAMILIES.items():
+        assert facts.layout in TOKEN_LAYOUTS
+        assert OFFICIAL_RECIPES[family].follows.startswith("generation_response_vmc_")
+        assert OFFICIAL_RECIPES[family].complexity_source in ("raw_resized", "processed")
+        for name in (facts.hf_class, facts.image_processor_class):
+            assert isinstance(getattr(transformers, name), type), name
+        cls = processor_class(family)
+        assert cls.__name__ == facts.processor_class
+        assert not any("video" in a for a in cls.get_attributes())
+        assert not set(facts.between_layers) & set(HOOK_POINTS)

@@ -173,7 +173,7 @@ def get_protocol(lm, name: str = "controlled", *, reasoning: bool = False, max_n
         sap = dict(rescale=r.rescale, head_score=r.head_score, head_percentile=r.head_window,
                    layers=official_layers(r.layers, r.depth, lm.adapter.num_layers), vis_layer="last",
                    precision="model", seed=seed,
-                   complexity_source="raw_resized" if lm.adapter.layout.kind == "grid" else "processed")
+                   complexity_source=r.complexity_source)
         p = Protocol("official", family, content_order=r.content_order, literal_prompt=r.literal_prompt,
                      image_size=r.image_size, reasoning=reasoning, do_sample=r.do_sample,
                      max_new_tokens=OFFICIAL_MAX_NEW_TOKENS, seed=seed,

@@ -105,11 +105,10 @@ class GridLayout:
     kind = "grid"
 
     def tower(self, lm):
-        return lm.model.model.vision_tower
+        return lm.adapter.vision_tower
 
     def vision_layers(self, lm):
-        tower = self.tower(lm)
-        return getattr(tower, "vision_model", tower).encoder.layers
+        return lm.adapter.vision_layers
 
     def feature_layer(self, lm) -> int:
         """Index of the vision layer whose output the decoder receives (`vision_feature_layer`)."""
@@ -139,7 +138,7 @@ class GridLayout:
         queries."""
         tiles = self.tiles(lm, inputs)
         flat = torch.cat(tiles).to(lm.device, next(self.tower(lm).parameters()).dtype)
-        attn = self.vision_layers(lm)[layer].self_attn
+        attn = lm.adapter.vision_attn(layer)
         with torch.no_grad(), _recording(self.tower(lm).config, attn, _mean_over_queries(self._drops_cls(lm))) as rec:
             self.tower(lm)(flat, output_hidden_states=False)
         maps = torch.cat(rec.out).cpu()
@@ -169,10 +168,8 @@ class AnyresLayout(GridLayout):
         feats = [m.float()[..., None] for m in maps]  # (T, P, 1): a one-channel "feature" per patch
         nan = torch.tensor([float("nan")])
         kw = dict(image_sizes=inputs["image_sizes"], image_newline=nan)
-        if "vision_aspect_ratio" in inner.pack_image_features.__code__.co_varnames:
-            kw["vision_aspect_ratio"] = lm.model.config.vision_aspect_ratio
-        else:
-            kw["vision_feature_select_strategy"] = lm.model.config.vision_feature_select_strategy
+        key = lm.adapter.spec.pack_keyword  # vision_aspect_ratio (OneVision) or vision_feature_select_strategy
+        kw[key] = getattr(lm.model.config, key)
         packed, _ = inner.pack_image_features(feats, **kw)  # one (n_tokens, 1) tensor per image
         return [p[:, 0] for p in packed]
 
@@ -183,10 +180,10 @@ class MergedLayout:
     kind = "merged"
 
     def tower(self, lm):
-        return lm.model.model.visual
+        return lm.adapter.vision_tower
 
     def vision_layers(self, lm):
-        return self.tower(lm).blocks
+        return lm.adapter.vision_layers
 
     def feature_layer(self, lm) -> int:
         return len(self.vision_layers(lm)) - 1  # the merger reads the last block
@@ -225,13 +222,13 @@ class MergedLayout:
             return pooled.mean(1)
 
         grids = self._grids(inputs)
-        with torch.no_grad(), _recording(tower.config, self.vision_layers(lm)[layer].attn, reduce) as rec:
+        with torch.no_grad(), _recording(tower.config, lm.adapter.vision_attn(layer), reduce) as rec:
             tower(inputs["pixel_values"].to(lm.device, next(tower.parameters()).dtype),
                   grid_thw=inputs["image_grid_thw"])
         if len(rec.out) != len(grids):
             raise RuntimeError(f"expected one attention chunk per image ({len(grids)}), got {len(rec.out)}")
         maps = [o.cpu() for o in rec.out]
-        if hasattr(tower, "window_size"):  # Qwen2.5-VL: groups are in window order inside the tower
+        if lm.adapter.spec.window_order:  # Qwen2.5-VL: groups are in window order inside the tower
             mod = importlib.import_module(type(tower).__module__)
             for i, grid in enumerate(grids):
                 win, _ = mod.get_vision_window_index(torch.tensor([grid]), spatial_merge_size=tower.spatial_merge_size,
@@ -244,7 +241,167 @@ class MergedLayout:
         return [m.reshape(-1).float() for m in maps]
 
 
-TOKEN_LAYOUTS = {"grid": GridLayout(), "anyres": AnyresLayout(), "merged": MergedLayout()}
+class GroupedLayout:
+    """Tiles of a fixed patch grid, one visual token per group of neighbouring patches (Gemma 3's average pooling,
+    InternVL's and SmolVLM's pixel shuffle, Mistral 3's patch merger), tiles in the order the model places them.
+
+    A subclass says what the tiles of each image are (`tiles`) and which patches each token of a tile holds
+    (`groups`, (G, k) patch indices in the token order). A token's region for complexity is the pixels of its
+    patches; its vis_enc_attn score the mean attention its patches receive (mean over the tile's patch queries and
+    the heads), the mean because the model too averages (pools) or concatenates its patches' features."""
+
+    kind = "grouped"
+
+    def tower(self, lm):
+        return lm.adapter.vision_tower
+
+    def vision_layers(self, lm):
+        return lm.adapter.vision_layers
+
+    def feature_layer(self, lm) -> int:
+        return len(self.vision_layers(lm)) - 1  # these families read the tower's last layer
+
+    def patch_size(self, lm) -> int:
+        p = lm.model.config.vision_config.patch_size
+        return p[0] if isinstance(p, (list, tuple)) else p
+
+    def _visual_counts(self, inputs, lm) -> list[int]:
+        return lm.adapter.visual_mask(inputs["input_ids"]).sum(1).tolist()
+
+    def tiles(self, lm, inputs) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def groups(self, lm, rows: int, cols: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _blocks(self, rows: int, cols: int, f: int) -> torch.Tensor:
+        """Row-major f x f blocks of a rows x cols patch grid: (rows/f * cols/f, f*f) patch indices."""
+        idx = torch.arange(rows * cols).reshape(rows // f, f, cols // f, f).permute(0, 2, 1, 3)
+        return idx.reshape(-1, f * f)
+
+    def patch_pixels(self, lm, inputs) -> list[torch.Tensor]:
+        """Per image (T, G, 3, fp, fp): the pixels (RGB in [0, 1]) of each token's patches, per tile."""
+        p = self.patch_size(lm)
+        out = []
+        for tiles in self.tiles(lm, inputs):
+            per_tile = []
+            for tile in _denormalise(tiles, lm.processor):
+                rows, cols = tile.shape[1] // p, tile.shape[2] // p
+                regions = []
+                for g in self.groups(lm, rows, cols):
+                    r, c = g // cols, g % cols
+                    regions.append(tile[:, int(r.min()) * p:(int(r.max()) + 1) * p,
+                                        int(c.min()) * p:(int(c.max()) + 1) * p])
+                per_tile.append(torch.stack(regions))
+            out.append(torch.stack(per_tile))
+        return out
+
+    def _run_tower(self, lm, flat: torch.Tensor, inputs):
+        self.tower(lm)(pixel_values=flat)
+
+    def received_attention(self, lm, inputs, layer: int) -> list[torch.Tensor]:
+        """Per image (T, G): the mean attention the patches of each token receive in vision layer `layer`."""
+        tiles = self.tiles(lm, inputs)
+        flat = torch.cat(tiles).to(lm.device, next(self.tower(lm).parameters()).dtype)
+        drop_cls = lm.adapter.spec.vision_drops_cls
+        with torch.no_grad(), _recording(self.tower(lm).config, lm.adapter.vision_attn(layer),
+                                         _mean_over_queries(drop_cls)) as rec:
+            self._run_tower(lm, flat, inputs)
+        per_patch = torch.cat(rec.out).float().cpu()  # (total tiles, P)
+        rows, cols = flat.shape[-2] // self.patch_size(lm), flat.shape[-1] // self.patch_size(lm)
+        per_token = per_patch[:, self.groups(lm, rows, cols)].mean(-1)
+        return list(torch.split(per_token, [t.shape[0] for t in tiles]))
+
+    def pack(self, lm, inputs, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [m.reshape(-1).float() for m in maps]
+
+
+class PooledLayout(GroupedLayout):
+    """Gemma 3: one tile (the image resized to the tower's size); the projector average-pools k x k patches into
+    `mm_tokens_per_image` tokens, row-major."""
+
+    kind = "pooled"
+
+    def tiles(self, lm, inputs) -> list[torch.Tensor]:
+        return list(inputs["pixel_values"][:, None])
+
+    def groups(self, lm, rows: int, cols: int) -> torch.Tensor:
+        side = int(lm.model.config.mm_tokens_per_image ** 0.5)
+        return self._blocks(rows, cols, rows // side)
+
+
+class ShuffledLayout(GroupedLayout):
+    """InternVL and SmolVLM: a grid of tiles (plus a thumbnail / global image), each tile's patches pixel-shuffled
+    into groups. The groups are read from the model's own pixel-shuffle function applied to the patch indices, so
+    the mapping is the model's by construction."""
+
+    kind = "shuffled"
+
+    def tiles(self, lm, inputs) -> list[torch.Tensor]:
+        per_tile = self._tokens_per_tile(lm)
+        counts = [n // per_tile for n in self._visual_counts(inputs, lm)]
+        pv = inputs["pixel_values"]
+        if pv.dim() == 5:  # SmolVLM: (batch, tiles, 3, h, w), padded with all-zero tiles after the real ones
+            return [pv[b, :n] for b, n in enumerate(counts)]
+        return list(torch.split(pv, counts))  # InternVL: every image's tiles, one after the other
+
+    def _tokens_per_tile(self, lm) -> int:
+        cfg = lm.model.config
+        side = cfg.vision_config.image_size
+        side = side[0] if isinstance(side, (list, tuple)) else side
+        return (side // self.patch_size(lm)) ** 2 // self._factor(lm) ** 2
+
+    def _factor(self, lm) -> int:
+        cfg = lm.model.config
+        return round(1 / cfg.downsample_ratio) if hasattr(cfg, "downsample_ratio") else cfg.scale_factor
+
+    def groups(self, lm, rows: int, cols: int) -> torch.Tensor:
+        inner = lm.model.model
+        idx = torch.arange(rows * cols, dtype=torch.float64)
+        with torch.no_grad():
+            if hasattr(inner, "connector"):  # SmolVLM: (B, seq, C) -> (B, seq / f^2, C f^2)
+                out = inner.connector.pixel_shuffle(idx.view(1, -1, 1), self._factor(lm))
+            else:  # InternVL: (B, w, h, C) -> (B, h / f, w / f, C f^2)
+                out = inner.pixel_shuffle(idx.view(1, rows, cols, 1), scale_factor=1 / self._factor(lm))
+        return out.reshape(-1, self._factor(lm) ** 2).round().long()
+
+    def _run_tower(self, lm, flat: torch.Tensor, inputs):
+        self.tower(lm)(pixel_values=flat)
+
+
+class MergedGridLayout(GroupedLayout):
+    """Mistral 3: each image at its own size (a multiple of the merged patch), 2 x 2 patches merged into one token,
+    row-major; `[IMG_BREAK]` / `[IMG_END]` close each row as text tokens, not visual ones. The Pixtral tower runs
+    every image in one sequence with block-diagonal attention."""
+
+    kind = "merged_grid"
+
+    def tiles(self, lm, inputs) -> list[torch.Tensor]:
+        return [pv[None, :, :h, :w] for pv, (h, w) in zip(inputs["pixel_values"], inputs["image_sizes"].tolist())]
+
+    def groups(self, lm, rows: int, cols: int) -> torch.Tensor:
+        return self._blocks(rows, cols, lm.model.config.spatial_merge_size)
+
+    def received_attention(self, lm, inputs, layer: int) -> list[torch.Tensor]:
+        tower = self.tower(lm)
+        p = self.patch_size(lm)
+        sizes = inputs["image_sizes"].tolist()
+        counts = [(h // p) * (w // p) for h, w in sizes]
+
+        def reduce(prob):  # (1, L, L), block diagonal: the sum over queries is the sum over the image's own patches
+            return prob.sum(1)
+
+        with torch.no_grad(), _recording(tower.config, lm.adapter.vision_attn(layer), reduce) as rec:
+            tower(inputs["pixel_values"].to(lm.device, next(tower.parameters()).dtype), image_sizes=sizes)
+        per_patch = torch.cat(rec.out, -1).float().cpu()[0]
+        out = []
+        for seg, n, (h, w) in zip(torch.split(per_patch, counts), counts, sizes):
+            out.append((seg / n)[self.groups(lm, h // p, w // p)].mean(-1)[None])
+        return out
+
+
+TOKEN_LAYOUTS = {"grid": GridLayout(), "anyres": AnyresLayout(), "merged": MergedLayout(), "pooled": PooledLayout(),
+                 "shuffled": ShuffledLayout(), "merged_grid": MergedGridLayout()}
 
 
 def resized_raw_patches(image, height: int, width: int, patch: int) -> torch.Tensor:
@@ -255,4 +412,5 @@ def resized_raw_patches(image, height: int, width: int, patch: int) -> torch.Ten
     return split_patches(x, patch)
 
 
-__all__ = ["TOKEN_LAYOUTS", "GridLayout", "AnyresLayout", "MergedLayout", "split_patches", "resized_raw_patches"]
+__all__ = ["TOKEN_LAYOUTS", "GridLayout", "AnyresLayout", "MergedLayout", "PooledLayout", "ShuffledLayout",
+           "MergedGridLayout", "split_patches", "resized_raw_patches"]

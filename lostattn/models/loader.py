@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
+import types
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +82,13 @@ def weights_fingerprint(src: str | Path, sample: int = 1 << 20, whole_below: int
 _IMAGE_ONLY: dict[type, type] = {}
 
 
+def _template_through_tokenizer(self, conversation, chat_template=None, **kwargs):
+    """The processor's chat template rendered by its tokenizer (text only: this project's prompts hold image
+    placeholders, never image data)."""
+    return self.tokenizer.apply_chat_template(conversation, chat_template=chat_template or self.chat_template,
+                                              **kwargs)
+
+
 def image_only_processor_class(proc_cls: type) -> type:
     """`proc_cls` (a transformers processor) without its video processor.
 
@@ -95,16 +104,73 @@ def image_only_processor_class(proc_cls: type) -> type:
         def get_attributes(cls):
             return [a for a in proc_cls.get_attributes() if "video" not in a]
 
-        _IMAGE_ONLY[proc_cls] = type(proc_cls.__name__, (proc_cls,),
-                                     {"get_attributes": classmethod(get_attributes), "__module__": __name__,
-                                      "__doc__": f"{proc_cls.__name__} for images only (no video processor)."})
+        body = {"get_attributes": classmethod(get_attributes), "__module__": __name__,
+                "__doc__": f"{proc_cls.__name__} for images only (no video processor)."}
+        init = proc_cls.__init__
+        params = list(inspect.signature(init).parameters.values())
+        if any(p.name == "video_processor" and p.default is p.empty for p in params):
+            # SmolVLM's requires the argument: the same function with None as its default (from_pretrained reads the
+            # accepted keywords from the code object, so a wrapper with **kwargs would drop image_seq_len)
+            n_defaults = len([p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]) - \
+                [p.name for p in params].index("video_processor")
+            defaults = (None,) + (init.__defaults__ or ())
+            assert len(defaults) == n_defaults, f"unexpected {proc_cls.__name__}.__init__ signature"
+            body["__init__"] = types.FunctionType(init.__code__, init.__globals__, "__init__", defaults,
+                                                  init.__closure__)
+        if "video_processor" in inspect.getsource(proc_cls.apply_chat_template):
+            body["apply_chat_template"] = _template_through_tokenizer  # SmolVLM's reads the video settings
+        _IMAGE_ONLY[proc_cls] = type(proc_cls.__name__, (proc_cls,), body)
     return _IMAGE_ONLY[proc_cls]
+
+
+class PixtralImageOnlyProcessor(transformers.ProcessorMixin):
+    """Mistral 3's processor for images, without torchvision.
+
+    transformers' `PixtralProcessor` cannot be imported without torchvision (its module reads a helper from the
+    torchvision image processor). This one holds the PIL image processor and the tokenizer and expands each `[IMG]`
+    of the text as PixtralProcessor does: per row of merged patches (patch_size x spatial_merge_size pixels) that many
+    `[IMG]` tokens then `[IMG_BREAK]`, the last `[IMG_BREAK]` replaced by `[IMG_END]`. Only the `[IMG]` positions
+    receive image features (tests/test_newer_families.py)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, patch_size: int = 16, spatial_merge_size: int = 1,
+                 chat_template=None, image_token="[IMG]", image_break_token="[IMG_BREAK]",
+                 image_end_token="[IMG_END]", **kwargs):
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        self.patch_size, self.spatial_merge_size = patch_size, spatial_merge_size
+        self.image_token, self.image_break_token, self.image_end_token = image_token, image_break_token, image_end_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+
+    def _process_images(self, images, **images_kwargs):
+        images_kwargs["patch_size"] = self.patch_size * self.spatial_merge_size
+        return super()._process_images(images, **images_kwargs)
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        unit = self.patch_size * self.spatial_merge_size
+        height, width = image_inputs["image_sizes"][image_idx]
+        rows = [self.image_token * (int(width) // unit) + self.image_break_token] * (int(height) // unit)
+        text = "".join(rows)
+        return text[: -len(self.image_break_token)] + self.image_end_token
+
+    @property
+    def model_input_names(self):
+        return self.tokenizer.model_input_names + self.image_processor.model_input_names + ["image_sizes"]
+
+
+PixtralImageOnlyProcessor.__name__ = "PixtralProcessor"  # the name checkpoints record in processor_config.json
+
+
+def processor_class(family: str) -> type:
+    """The processor class this project loads for `family`: transformers' own without its video processor, or, for
+    Mistral 3 (whose transformers class needs torchvision), `PixtralImageOnlyProcessor`."""
+    name = MODEL_FAMILIES[family].processor_class
+    if name == "PixtralProcessor":
+        return PixtralImageOnlyProcessor
+    return image_only_processor_class(getattr(transformers, name))
 
 
 def load_processor(src: str | Path, family: str):
     """The family's processor from a checkpoint folder (either file layout), images only, PIL image backend."""
-    proc_cls = image_only_processor_class(getattr(transformers, MODEL_FAMILIES[family].processor_class))
-    return proc_cls.from_pretrained(src, backend="pil")
+    return processor_class(family).from_pretrained(src, backend="pil")
 
 
 def refuse_missing_weights(info: dict, name_or_path) -> None:

@@ -12,7 +12,19 @@ def chat_prompt(processor, question: str, with_image: bool = True, protocol=None
     parts = {"image": {"type": "image"}, "text": {"type": "text", "text": question}}
     content = [parts[p] for p in order if with_image or p != "image"]
     messages = [{"role": "user", "content": content}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return _without_second_bos(processor, processor.apply_chat_template(messages, add_generation_prompt=True,
+                                                                        tokenize=False))
+
+
+def _without_second_bos(processor, text: str) -> str:
+    """`text` without the BOS its template typed in when the tokenizer adds one itself on encoding (Gemma 3,
+    Mistral 3): the prompt then starts with one BOS, as the model was trained, not two."""
+    tok = getattr(processor, "tokenizer", processor)
+    bos = getattr(tok, "bos_token", None)
+    if not bos or not text.startswith(bos):
+        return text
+    adds_bos = tok("x")["input_ids"][:1] == [tok.bos_token_id]
+    return text[len(bos):] if adds_bos else text
 
 
 def load_images(samples, blind: bool = False, protocol=None) -> list | None:
@@ -39,7 +51,7 @@ def prepare_inputs(lm, samples, blind: bool = False, protocol=None, images=None)
                         with_image=has_img, protocol=protocol) for s in samples]
     kw = dict(text=text, padding=True, return_tensors="pt")
     if has_img:
-        kw["images"] = images
+        kw["images"] = [[im] for im in images] if lm.adapter.spec.images_per_prompt else images
     inputs = proc(**kw).to(lm.device)
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(lm.model.dtype)

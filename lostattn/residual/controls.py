@@ -79,7 +79,7 @@ def noise_delta(lm, layers: list[int] | None = None, seed: int = 0, match: str =
             return (noise, *out[1:]) if isinstance(out, tuple) else noise
         return hook
 
-    handles = [lm.adapter.attn(i).register_forward_hook(hook_for(i)) for i in _layers(lm.adapter, layers)]
+    handles = [lm.adapter.attn_update(i).register_forward_hook(hook_for(i)) for i in _layers(lm.adapter, layers)]
     try:
         yield []
     finally:
