@@ -179,11 +179,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--photo", default="1024x768", help="the photo of the analyze and eval steps, WxH")
-    p.add_argument("--vis-photo", default="2000x1500", help="the photo of the vis_enc_attn step (Qwen2.5-VL), WxH")
+    p.add_argument("--vis-photo", default="1400x1050", help="the photo of the vis_enc_attn step (Qwen2.5-VL), WxH")
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", default=None, help="comma-separated steps (default: all); plain always runs first")
+    p.add_argument("--append", action="store_true", help="add this run's rows to those already in --out")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memory_published.json"))
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--family", help=argparse.SUPPRESS)
@@ -195,11 +197,14 @@ def main(argv=None) -> int:
 
     from lostattn.provenance import provenance
 
-    rows = []
-    steps = ["plain", "analyze"] + [f"eval_{proto}_{m}" for proto in ("controlled", "official") for m in MODES]
+    run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rows = json.loads(Path(a.out).read_text())["rows"] if a.append and Path(a.out).is_file() else []
+    steps = ["analyze"] + [f"eval_{proto}_{m}" for proto in ("controlled", "official") for m in MODES] + ["timing"]
+    if a.steps:
+        steps = [s for s in a.steps.split(",") if s != "plain"]
     for family in a.families.split(","):
-        cases = [(a.photo, steps + ["timing"])]
-        if family == "qwen2_5_vl":
+        cases = [(a.photo, ["plain"] + [s for s in steps if s != "vis_enc_attn"])]
+        if family == "qwen2_5_vl" and (not a.steps or "vis_enc_attn" in steps):
             cases.append((a.vis_photo, ["plain", "vis_enc_attn"]))
         for size, todo in cases:
             base = None
@@ -210,7 +215,7 @@ def main(argv=None) -> int:
                 elif what != "timing":
                     r["peak_over_plain"] = r["peak_rss_mib"] / base["peak_rss_mib"]
                     r["wall_over_plain"] = r["wall_s"] / base["wall_s"]
-                rows.append({"family": family, "photo": size, **r})
+                rows.append({"run": run, "family": family, "photo": size, **r})
                 print(json.dumps(rows[-1]), flush=True)
                 result = {"what": "peak resident memory and time at the published widths, 2 decoder layers, random "
                                   "weights, each step in a fresh process, as ratios to a plain forward "

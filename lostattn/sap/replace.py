@@ -276,7 +276,7 @@ class SAPState:
             s = scores[b]
             if not bool(valid[b].all()):  # padding never counts (the official scripts run one sample, unpadded)
                 s = s[:, qvalid[b]][:, :, valid[b]]
-            means.append(s.mean(dtype=torch.float32))
+            means.append(s.mean(dtype=torch.promote_types(s.dtype, torch.float32)))
         mean_score = torch.stack(means).to(scores.dtype)
         scores[:, :, rows] = self._mix(scores[:, :, rows], vis, valid, guide, mean_score, rowsel)
         return scores
