@@ -194,6 +194,7 @@ class _Originals:
         else:
             self.file.write(memoryview(p.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
 
+    @torch.no_grad()
     def restore(self) -> None:
         if self.file is not None:
             self.file.seek(0)
