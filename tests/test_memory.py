@@ -110,3 +110,12 @@ def test_analyze_computes_the_last_logits_only(lm, samples):
     finally:
         hook.remove()
     assert shapes and all(s[1] == 1 for s in shapes)
+
+
+def test_analyze_states_its_peak_memory(family_lm, tmp_path, capsys, checkpoints):
+    from lostattn.cli import main as cli
+
+    assert cli(["analyze", "--model", checkpoints("llava"), "--limit", "1", "--layers", "1",
+                "--out", str(tmp_path / "an")]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("peak resident memory")]
+    assert line and float(line[0].split()[3]) > 0.05  # GiB: at least the interpreter and torch
