@@ -172,6 +172,9 @@ def cmd_analyze(a) -> int:
     print(f"metric spec: {spec.describe()}")
     print(t1.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"eps_RoPE = {eps[eps.scope == scopes[0]].rid.mean():.3f}")
+    from lostattn.harness.costs import peak_memory_text
+
+    print(peak_memory_text(lm.device))
     print(f"per-sample records: {out / 'records.jsonl'}; tables in {out}/"
           + (f" (merged from {world.size} ranks)" if world.active else ""))
     return 0

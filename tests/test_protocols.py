@@ -8,7 +8,7 @@ from lostattn.models.adapters import OFFICIAL_RECIPES
 from lostattn.models.prompts import chat_prompt, prepare_inputs
 from lostattn.inference.protocols import (OFFICIAL_MAX_NEW_TOKENS, THINK_INSTRUCTION, SeededSampler, get_protocol,
                                 official_layers)
-from lostattn.sap.replace import SAPConfig, empty_head_window, head_scores, mix_scores, sap
+from lostattn.sap.replace import SAPConfig, attention_arithmetic, empty_head_window, head_scores, mix_scores, sap
 from lostattn.tasks.synthetic import MC_SUFFIX, SyntheticBenchmark
 
 from conftest import FAMILIES
@@ -61,7 +61,8 @@ def test_onevision_official_is_a_loud_no_op(family_lm):
     samples = SyntheticBenchmark().samples("test", limit_per_family=1)[:2]
     inputs = prepare_inputs(lm, samples)
     with torch.no_grad():
-        ref = lm.model(**inputs).logits
+        with attention_arithmetic(lm, cfg.arithmetic):  # the vanilla model under the same (official eager) arithmetic
+            ref = lm.model(**inputs).logits
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             import lostattn.sap.replace as sap_mod

@@ -76,4 +76,14 @@ def peak_memory(fn, device) -> dict:
     return {"max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-__all__ = ["sap_overhead", "capture_overhead", "peak_memory"]
+def peak_memory_text(device) -> str:
+    """This process's peak memory so far, in words: CUDA's allocator peak on a GPU (what the tensors took), the
+    process's peak resident set on CPU (weights, activations and the interpreter)."""
+    if torch.device(device).type == "cuda":
+        return f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (allocated tensors)"
+    import resource
+
+    return f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (whole process)"
+
+
+__all__ = ["sap_overhead", "capture_overhead", "peak_memory", "peak_memory_text"]

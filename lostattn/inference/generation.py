@@ -30,13 +30,14 @@ def refuse_overlong(lm, samples, inputs) -> None:
 
 
 def _generate(lm, samples, protocol: Protocol, sap_cfg, blind: bool, images) -> list[str]:
-    from lostattn.sap.replace import sap
+    from lostattn.sap.replace import attention_arithmetic, sap
 
     inputs = prepare_inputs(lm, samples, blind, protocol, images=images)
     refuse_overlong(lm, samples, inputs)
     keys = [s.id for s in samples]
     ctx = sap(lm, sap_cfg, inputs, keys, images) if (sap_cfg is not None and images is not None) else nullcontext()
-    with torch.no_grad(), ctx:
+    # the protocol's arithmetic for every layer, vanilla runs and image-less samples included
+    with torch.no_grad(), attention_arithmetic(lm, protocol.attention), ctx:
         out = lm.model.generate(**inputs, **protocol.generate_kwargs(keys))
     new = out[:, inputs["input_ids"].shape[1]:]
     return lm.processor.batch_decode(new, skip_special_tokens=True)

@@ -10,6 +10,14 @@
   first in the checkpoint's own chat template, full replacement on every layer but the first and every head,
   rescaled guidance in float32, vis_enc_attn from the vision layer the decoder reads.
 
+Decoding and attention arithmetic are part of a protocol, and so of every results key (`decoding`, `attention`):
+- controlled: plain greedy for every family: no logits processor at all (the checkpoint's `generation_config` is set
+  aside, so Qwen's repetition_penalty 1.05 does not apply), stopping at the checkpoint's own eos ids; SDPA attention.
+- official: the checkpoint's generation config, as the official scripts leave it in force (Qwen: greedy with its
+  repetition penalty; LLaVA / OneVision: sampling with its temperature / top-k / top-p, seeded per sample), and the
+  official eager attention arithmetic in the model's dtype in every decoder layer, vanilla included
+  (`lostattn.sap.replace.attention_arithmetic`).
+
 `get_protocol(lm, name)` resolves a protocol for a loaded model; its `key()` enters every results file's resume key.
 """
 from __future__ import annotations
@@ -19,7 +27,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from lostattn.sap.distributions import sample_generator
 from lostattn.sap.replace import SAPConfig, parse_layers
@@ -38,6 +46,8 @@ THINK_INSTRUCTION = (
 _ANSWER_FORMATS = ("Answer ONLY option's letter from the given choices.",
                    "Answer with the option's letter from the given choices directly.")
 _SAMPLING_FIELDS = ("temperature", "top_k", "top_p")
+PLAIN_GREEDY = "plain_greedy"
+CHECKPOINT_CONFIG = "checkpoint_generation_config"
 
 
 def official_layers(window: tuple[int, int] | None, depth: int, n_layers: int) -> str | tuple[int, ...]:
@@ -69,6 +79,10 @@ class Protocol:
     seed: int = 42
     sampling: dict = field(default_factory=dict)  # temperature / top_k / top_p, when sampling
     sap: dict = field(default_factory=dict)  # SAPConfig fields this protocol sets
+    # How tokens are chosen: {"rule": "plain_greedy", "eos_token_id": [...]} or {"rule":
+    # "checkpoint_generation_config", **the checkpoint's generation config}; both enter the results key.
+    decoding: dict = field(default_factory=dict)
+    attention: str = "sdpa"  # the attention arithmetic of every decoder layer: "sdpa" or "official_eager"
 
     def key(self) -> dict:
         d = asdict(self)
@@ -118,6 +132,11 @@ class Protocol:
     def generate_kwargs(self, keys: list[str]) -> dict:
         """Arguments for `model.generate` for a batch whose samples have ids `keys`."""
         kw = dict(max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False)
+        if self.decoding.get("rule") == PLAIN_GREEDY:
+            # a fresh config: nothing of the checkpoint's generation_config (repetition penalty, suppressed tokens,
+            # ...) is merged in by `generate` (see `plain_generation_config`)
+            kw["generation_config"] = plain_generation_config(self.decoding, self.max_new_tokens)
+            kw.pop("max_new_tokens"), kw.pop("num_beams"), kw.pop("do_sample")
         if self.do_sample:
             kw["logits_processor"] = LogitsProcessorList([SeededSampler(keys, self.seed, **self.sampling)])
             kw.update(temperature=None, top_k=None, top_p=None)
@@ -155,6 +174,32 @@ class SeededSampler(LogitsProcessor):
         return out.scatter(-1, choice, 0.0)
 
 
+def plain_generation_config(decoding: dict, max_new_tokens: int) -> GenerationConfig:
+    """Greedy decoding with no logits processor: every field that would add one is set to its neutral value
+    explicitly, since `generate` fills the fields left unset from the checkpoint's generation_config."""
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, repetition_penalty=1.0,
+        encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, bad_words_ids=None,
+        min_length=0, min_new_tokens=0, suppress_tokens=[], begin_suppress_tokens=[], forced_bos_token_id=None,
+        forced_eos_token_id=None, sequence_bias=None, exponential_decay_length_penalty=None, renormalize_logits=False,
+        temperature=1.0, top_k=0, top_p=1.0, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+        eos_token_id=decoding.get("eos_token_id"), pad_token_id=decoding.get("pad_token_id"))
+
+
+def _eos_ids(lm) -> list[int]:
+    """The checkpoint's own end-of-sequence ids (its generation config's, else its model config's)."""
+    eos = getattr(lm.model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(lm.adapter.text_config, "eos_token_id", None)
+    return sorted({int(e) for e in ([] if eos is None else eos if isinstance(eos, (list, tuple)) else [eos])})
+
+
+def _checkpoint_decoding(lm) -> dict:
+    """The checkpoint's generation config as a dict (what the official scripts leave in force)."""
+    d = lm.model.generation_config.to_diff_dict()
+    return {k: v for k, v in sorted(d.items()) if not k.startswith("_") and k != "transformers_version"}
+
+
 def _sampling(lm) -> dict:
     gc = lm.model.generation_config
     return {f: getattr(gc, f, None) for f in _SAMPLING_FIELDS if getattr(gc, f, None) is not None}
@@ -167,17 +212,20 @@ def get_protocol(lm, name: str = "controlled", *, reasoning: bool = False, max_n
         raise ValueError(f"protocol {name!r} is not one of {PROTOCOLS}")
     family = lm.adapter.family
     if name == "controlled":
-        p = Protocol("controlled", family, reasoning=reasoning, seed=seed)
+        pad = getattr(lm.model.generation_config, "pad_token_id", None)
+        p = Protocol("controlled", family, reasoning=reasoning, seed=seed,
+                     decoding={"rule": PLAIN_GREEDY, "eos_token_id": _eos_ids(lm), "pad_token_id": pad})
     else:
         r = lm.adapter.official
         sap = dict(rescale=r.rescale, head_score=r.head_score, head_percentile=r.head_window,
                    layers=official_layers(r.layers, r.depth, lm.adapter.num_layers), vis_layer="last",
-                   precision="model", seed=seed,
+                   precision="model", seed=seed, arithmetic="official_eager",
                    complexity_source=r.complexity_source)
         p = Protocol("official", family, content_order=r.content_order, literal_prompt=r.literal_prompt,
                      image_size=r.image_size, reasoning=reasoning, do_sample=r.do_sample,
                      max_new_tokens=OFFICIAL_MAX_NEW_TOKENS, seed=seed,
-                     sampling=_sampling(lm) if r.do_sample else {}, sap=sap)
+                     sampling=_sampling(lm) if r.do_sample else {}, sap=sap,
+                     decoding={"rule": CHECKPOINT_CONFIG, **_checkpoint_decoding(lm)}, attention="official_eager")
     if max_new_tokens is not None:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")

@@ -35,7 +35,8 @@ class OfficialRecipe:
     literal_prompt: str | None  # a prompt typed out by the script instead of the chat template ({text})
     image_size: tuple[int, int] | None  # the script resizes every image to this (width, height) first
     do_sample: bool  # LLaVA and OneVision sample with the checkpoint's generation config; Qwen is greedy
-    # complexity's input: "raw_resized" (the LLaVA-1.5 script scores the raw image resized to the processor's size)
+    # complexity's input: "raw_resized" (the LLaVA-1.5 and Qwen2.5-VL scripts score the raw image resized to the
+    # processor's size)
     # or "processed" (the pixels the vision tower sees, region by region as the family's layout maps them)
     complexity_source: str = "processed"
 
@@ -47,7 +48,7 @@ _LLAVA_RECIPE = OfficialRecipe("generation_response_vmc_llava_SAP.py", True, "no
 # checkpoint's own chat template, complexity on the pixels the tower sees.
 _LLAVA_LIKE = replace(_LLAVA_RECIPE, literal_prompt=None, complexity_source="processed")
 _QWEN_RECIPE = OfficialRecipe("generation_response_vmc_qwen_SAP.py", False, "nonvisual_mean", (0.3, 0.9), None, 28,
-                              ("image", "text"), None, None, False)
+                              ("image", "text"), None, None, False, "raw_resized")
 OFFICIAL_RECIPES = {
     "llava": _LLAVA_RECIPE,
     # No official script for LLaVA-NeXT: its LLaMA/Mistral decoder is patched like LLaVA-1.5's (my_modeling_llama).
@@ -57,9 +58,11 @@ OFFICIAL_RECIPES = {
                                       (0.1, 0.11), (21, 27), 28, ("text", "image"), None, (672, 672), True),
     "qwen2_5_vl": _QWEN_RECIPE,
     "qwen2_vl": replace(_QWEN_RECIPE, follows="generation_response_vmc_qwen_SAP.py (no Qwen2-VL script)"),
-    "qwen3_vl": replace(_QWEN_RECIPE, follows="generation_response_vmc_qwen_SAP.py (no Qwen3-VL script)", depth=36),
+    # The families that follow a script they were not written for score complexity on the pixels their tower sees.
+    "qwen3_vl": replace(_QWEN_RECIPE, follows="generation_response_vmc_qwen_SAP.py (no Qwen3-VL script)", depth=36,
+                        complexity_source="processed"),
     "internvl": replace(_QWEN_RECIPE, follows="generation_response_vmc_qwen_SAP.py (no InternVL script; its decoder is "
-                                              "Qwen2.5's)"),
+                                              "Qwen2.5's)", complexity_source="processed"),
     "gemma3": replace(_LLAVA_LIKE, follows="generation_response_vmc_llava_SAP.py (no Gemma 3 script)"),
     "smolvlm": replace(_LLAVA_LIKE, follows="generation_response_vmc_llava_SAP.py (no SmolVLM script; a LLaMA "
                                             "decoder)"),

@@ -48,27 +48,80 @@ def split_patches(img: torch.Tensor, patch: int) -> torch.Tensor:
 
 # ---- recording one vision layer's attention ----------------------------------------------------------------------
 class _Recorder:
-    """Called by the attention function of the one vision layer being read: reduces its attention probabilities
-    (B, heads, L, L) with `reduce` and keeps the result of every call (one per chunk for Qwen's per-image chunks)."""
+    """Called by the attention function of the one vision layer being read: the attention each key receives, mean
+    over heads and queries, reduced by `reduce` (one result per call; Qwen runs one call per image chunk).
 
-    def __init__(self, reduce):
-        self.reduce, self.out = reduce, []
+    Never holds a full L x L matrix: per head, the query rows go in chunks of at most `budget` score entries
+    (a multiple of `reduce.unit` rows), each chunk's probabilities are reduced to a per-key sum and accumulated in
+    float32. `exact`: the scores and probabilities in the model's dtype as the official eager code computes them
+    (softmax in float32 cast back), with each mean rounded once to that dtype; otherwise in float32."""
+
+    budget = 2**22  # score entries per chunk (16 MiB in float32)
+
+    def __init__(self, reduce, exact: bool = False):
+        self.reduce, self.exact, self.out = reduce, exact, []
 
     def __call__(self, query, key, scaling, attention_mask):
         k = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1) if key.shape[1] != query.shape[1] else key
+        dt = query.dtype if self.exact else torch.float32
+        L = query.shape[2]
+        unit = self.reduce.unit
+        step = max(unit, (self.budget // max(k.shape[2], 1)) // unit * unit)
         per_head = []
-        for h in range(query.shape[1]):  # one head at a time: L x L stays small even for large images
-            s = torch.matmul(query[:, h].float(), k[:, h].float().transpose(-1, -2)) * scaling
-            if attention_mask is not None and attention_mask.dtype != torch.bool:
-                s = s + attention_mask[:, 0].float()
-            per_head.append(self.reduce(torch.softmax(s, dim=-1)))
-        self.out.append(torch.stack(per_head, 1).mean(1))  # mean over heads -> (B, P)
+        for h in range(query.shape[1]):
+            kh = k[:, h].to(dt).transpose(-1, -2)
+            total = None
+            for a in range(0, L, step):
+                s = torch.matmul(query[:, h, a:a + step].to(dt), kh) * scaling
+                if attention_mask is not None:
+                    m = attention_mask[:, 0, a:a + step]
+                    s = s.masked_fill(~m, torch.finfo(dt).min) if m.dtype == torch.bool else s + m.to(dt)
+                part = self.reduce.sum(torch.softmax(s, dim=-1, dtype=torch.float32).to(dt), a)
+                total = part if total is None else total + part
+            per_head.append((total / self.reduce.count(L)).to(dt))  # mean over queries, rounded once to dt
+        self.out.append(torch.stack(per_head, 1).mean(1).float())  # mean over heads (in dt) -> (B, P)
+
+
+class _QueryMean:
+    """Sum over query rows of the attention each key receives: rows and columns of the CLS token dropped when
+    `drop_first` (LLaVA's default strategy); `unit` > 1 pools `unit` x `unit` blocks of rows and keys by their max
+    first (Qwen's 2x2 merge groups, consecutive in the tower's order)."""
+
+    def __init__(self, drop_first: bool = False, unit: int = 1):
+        self.drop_first, self.unit = drop_first, unit
+
+    def sum(self, p: torch.Tensor, first_row: int) -> torch.Tensor:
+        """(B, R, L) probabilities of query rows first_row.. -> (B, P) per-key sums in float32."""
+        if self.drop_first:
+            p = p[:, 1:, 1:] if first_row == 0 else p[:, :, 1:]
+        if self.unit > 1:
+            b, r, L = p.shape
+            p = p.reshape(b, r // self.unit, self.unit, L // self.unit, self.unit).amax(2).amax(3)
+        return p.float().sum(1)
+
+    def count(self, L: int) -> int:
+        """How many (pooled) query rows the mean runs over."""
+        return L - 1 if self.drop_first else L // self.unit
+
+
+def _eager_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """The towers' own eager attention (CLIP, SigLIP, Qwen vision: one formula), for a recorded layer under eager."""
+    k = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1) if key.shape[1] != query.shape[1] else key
+    v = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1) if value.shape[1] != query.shape[1] else value
+    s = torch.matmul(query, k.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        s = s + attention_mask
+    p = torch.softmax(s, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(p, v).transpose(1, 2).contiguous(), None
 
 
 def _record_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     rec = getattr(module, "_lostattn_record", None)
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     if rec is not None:
-        rec(query, key, scaling if scaling is not None else query.shape[-1] ** -0.5, attention_mask)
+        rec(query, key, scaling, attention_mask)
+    if rec is not None and rec.exact:  # the tower runs eager (the official arithmetic): keep its arithmetic
+        return _eager_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   **kwargs)
 
@@ -79,8 +132,8 @@ AttentionMaskInterface.register(RECORD_ATTN, sdpa_mask)
 
 @contextmanager
 def _recording(tower_config, attn_module, reduce):
-    rec = _Recorder(reduce)
     old = tower_config._attn_implementation
+    rec = _Recorder(reduce, exact=old == "eager")
     tower_config._attn_implementation = RECORD_ATTN
     attn_module._lostattn_record = rec
     try:
@@ -91,11 +144,7 @@ def _recording(tower_config, attn_module, reduce):
 
 
 def _mean_over_queries(drop_first: bool):
-    def reduce(p):  # (B, L, L) -> attention each key receives, mean over queries
-        if drop_first:
-            p = p[:, 1:, 1:]
-        return p.mean(1)
-    return reduce
+    return _QueryMean(drop_first=drop_first)
 
 
 # ---- the three layouts ---------------------------------------------------------------------------------------------
@@ -214,12 +263,7 @@ class MergedLayout:
         if full is not None and layer not in full:
             raise ValueError(f"vision block {layer} of {lm.adapter.family} attends within windows; vis_enc_attn reads a "
                              f"full-attention block ({sorted(full)})")
-        unit = tower.spatial_merge_size ** 2
-
-        def reduce(prob):  # (1, L, L) in the tower's order -> (1, G)
-            g = prob.shape[-1] // unit
-            pooled = prob.reshape(prob.shape[0], g, unit, g, unit).amax(2).amax(3)
-            return pooled.mean(1)
+        reduce = _QueryMean(unit=tower.spatial_merge_size ** 2)  # max over each group, then mean over queries
 
         grids = self._grids(inputs)
         with torch.no_grad(), _recording(tower.config, lm.adapter.vision_attn(layer), reduce) as rec:

@@ -16,11 +16,15 @@
 - `noise_delta`: the project's own control (the official code has none): every chosen layer's attention update
   dX_attn is replaced by Gaussian noise of matched norm, per token row by default or per sample over all tokens.
 
+The redrawn weights' values wait in host memory (weights on an accelerator) or in a temporary file (weights in host
+memory), so a control never doubles the weights' memory on their device; restoring copies the exact bytes back.
+
 In both presets `layers` restricts the decoder layers touched (None: all); modules outside the decoder are part of
 the official scope whatever `layers` says. Each manager yields the names of the parameters it redrew.
 """
 from __future__ import annotations
 
+import tempfile
 from contextlib import contextmanager
 
 import torch
@@ -173,20 +177,52 @@ def _redraw_ours(p: torch.Tensor, gen: torch.Generator) -> None:
     p.copy_(noise.to(p.device, p.dtype))
 
 
+class _Originals:
+    """The values of the weights a control redraws, kept off the device they live on so that a control never holds
+    two copies of them there: in host memory when the weights are on an accelerator, in a temporary file (one tensor
+    read back at a time) when they are in host memory already. Restoring copies the exact bytes back."""
+
+    def __init__(self, params: list[nn.Parameter]):
+        self.params = params
+        self.on_host = all(p.device.type == "cpu" for p in params)
+        self.copies: list[torch.Tensor] = []
+        self.file = tempfile.TemporaryFile(prefix="lostattn-weights-") if self.on_host else None
+
+    def save(self, p: torch.Tensor) -> None:
+        if self.file is None:
+            self.copies.append(p.detach().to("cpu", copy=True))
+        else:
+            self.file.write(memoryview(p.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        if self.file is not None:
+            self.file.seek(0)
+        for i, p in enumerate(self.params[: len(self.copies)] if self.file is None else self.params):
+            if self.file is None:
+                p.copy_(self.copies[i].to(p.device))
+                continue
+            buf = torch.empty(p.numel() * p.element_size(), dtype=torch.uint8)
+            if self.file.readinto(memoryview(buf.numpy())) != buf.numel():
+                break  # this parameter was never saved (the redraw stopped before it)
+            p.copy_(buf.view(p.dtype).view(p.shape))
+        if self.file is not None:
+            self.file.close()
+
+
 @contextmanager
 def _redrawn(params: list[tuple[str, nn.Parameter]], preset: str, seed: int):
-    saved = []
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    originals = _Originals([p for _, p in params])
     try:
         with torch.no_grad():
             for _, p in params:
-                saved.append((p, p.detach().clone()))
+                originals.save(p)
                 _redraw_official(p, seed) if preset == "official" else _redraw_ours(p, gen)
         yield [n for n, _ in params]
     finally:
         with torch.no_grad():
-            for p, orig in saved:
-                p.copy_(orig)
+            originals.restore()
 
 
 @contextmanager

@@ -54,9 +54,10 @@ def _fill_newlines(s: torch.Tensor) -> torch.Tensor:
     return torch.where(nan, s[~nan].mean(), s) if nan.any() else s
 
 
-def _softmax(s: torch.Tensor) -> torch.Tensor:
-    s = s.float()
-    return torch.softmax(s - s.max(), dim=0)  # as the official Apipe_prob
+def _softmax(s: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """softmax(s - max s) in `dtype` (as the official Apipe_prob, in its input's dtype), returned in float32."""
+    s = s.to(dtype)
+    return torch.softmax(s - s.max(), dim=0).float()
 
 
 def vision_layer_index(lm, which: str) -> int:
@@ -70,6 +71,19 @@ def vision_layer_index(lm, which: str) -> int:
     raise ValueError(f"vision layer {which!r} is not 'last' or 'feature'")
 
 
+def _raw_resize_shapes(lm, inputs) -> list[tuple[int, int, int]]:
+    """Per image (height, width, region size in pixels) of the official scripts' complexity input: LLaVA-1.5 resizes
+    the raw image to the tower's input and scores each patch; Qwen's `process_vision_info` resizes it (PIL, bicubic)
+    to the processor's grid (grid_h * patch, grid_w * patch) and scores each merged 2x2 group (28 px)."""
+    layout = lm.adapter.layout
+    if layout.kind == "grid":
+        h, w = inputs["pixel_values"].shape[-2:]
+        return [(int(h), int(w), layout.patch_size(lm))] * inputs["pixel_values"].shape[0]
+    ip = lm.processor.image_processor
+    return [(int(gh) * ip.patch_size, int(gw) * ip.patch_size, ip.patch_size * ip.merge_size)
+            for _, gh, gw in inputs["image_grid_thw"].tolist()]
+
+
 def token_scores(cfg, lm, inputs, images=None) -> list[torch.Tensor]:
     """Per sample, one raw score per visual token for the image-based modes (before the softmax)."""
     layout = lm.adapter.layout
@@ -77,12 +91,11 @@ def token_scores(cfg, lm, inputs, images=None) -> list[torch.Tensor]:
         maps = layout.received_attention(lm, inputs, vision_layer_index(lm, cfg.vis_layer))
         return [_fill_newlines(s) for s in layout.pack(lm, inputs, maps)]
     if cfg.complexity_source == "raw_resized":
-        if layout.kind != "grid" or images is None:
-            raise ValueError("complexity_source='raw_resized' (the official LLaVA-1.5 script) needs the raw images and "
-                             "a one-grid family (llava); use 'processed'")
-        h, w = inputs["pixel_values"].shape[-2:]
-        p = layout.patch_size(lm)
-        maps = [patch_complexity(resized_raw_patches(im, h, w, p))[None] for im in images]
+        if layout.kind not in ("grid", "merged") or images is None:
+            raise ValueError("complexity_source='raw_resized' (the official LLaVA-1.5 and Qwen scripts) needs the raw "
+                             "images and a one-grid or merged layout (llava, qwen2_vl, qwen2_5_vl); use 'processed'")
+        maps = [patch_complexity(resized_raw_patches(im, h, w, p))[None]
+                for im, (h, w, p) in zip(images, _raw_resize_shapes(lm, inputs))]
     else:
         maps = [torch.stack([patch_complexity(t) for t in tiles]) for tiles in layout.patch_pixels(lm, inputs)]
     return [min_max(_fill_newlines(s)) for s in layout.pack(lm, inputs, maps)]
@@ -99,10 +112,12 @@ def make_guidance(cfg, lm, inputs, keys: list[str], images=None) -> list[torch.T
     if cfg.mode == "key":
         return [_softmax(torch.randn(n, generator=sample_generator(cfg.seed, k))) for n, k in zip(n_vis, keys)]
     scores = token_scores(cfg, lm, inputs, images)
+    # the official code takes the softmax of the tower's attention in the model's dtype (complexity in float32)
+    dtype = lm.model.dtype if cfg.mode == "vis_enc_attn" and cfg.arithmetic == "official_eager" else torch.float32
     out = []
     for s, n in zip(scores, n_vis):
         if s.numel() != n:
             raise RuntimeError(f"{cfg.mode}: {s.numel()} region scores for {n} visual tokens "
                                f"({lm.adapter.family}, layout {lm.adapter.layout.kind})")
-        out.append(_softmax(s))
+        out.append(_softmax(s, dtype))
     return out

@@ -21,7 +21,15 @@ The replacement, as the official code computes it (the per-family settings are `
 - layers: "all" (every layer but layer 0) or a list; `a` is drawn once per sample at prefill and reused at every
   decode step, where the new last row is replaced again;
 - `precision="model"` mixes in the scores' own dtype as the official eager code does (in bfloat16, lam = 0.3 is
-  0.30078125); "float32" mixes in float32.
+  0.30078125); "float32" mixes in float32. The rescaling is computed in the official order, (a * |m|) / (2 |ā|),
+  and OneVision's head score adds its two means in the scores' dtype, as the official code does.
+
+Two attention arithmetics (`SAPConfig.arithmetic`, and `attention_arithmetic` for a run without SAP):
+- "sdpa" (the controlled protocol): SDPA for every row, the SAP rows recomputed as above; mean(S_full) exact.
+- "official_eager" (the official protocol): every decoder layer runs the official eager arithmetic in the model's
+  dtype, vanilla layers included: S = (q k^T) * scaling in the model's dtype, SAP's replacement on S, then + mask,
+  softmax in float32 cast back to the model's dtype, times V; mean(S_full) is the mean of that S (rounded once to
+  the model's dtype, as torch's mean does); the vision tower runs eager too, as the official scripts load the model.
 """
 from __future__ import annotations
 
@@ -35,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 from lostattn.sap.distributions import MODES, make_guidance
 
@@ -46,6 +54,8 @@ HEAD_SCOPES = ("sample", "batch")
 PRECISIONS = ("float32", "model")
 VIS_LAYERS = ("feature", "last")
 COMPLEXITY_SOURCES = ("processed", "raw_resized")
+ARITHMETICS = ("sdpa", "official_eager")
+OFFICIAL_ATTN = "lostattn_official_eager"
 
 
 @dataclass(frozen=True)
@@ -67,14 +77,15 @@ class SAPConfig:
     head_scope: str = "sample"
     precision: str = "float32"
     vis_layer: str = "feature"  # vis_enc_attn: the vision layer the decoder reads ("feature") or the last ("last")
-    complexity_source: str = "processed"  # complexity: the pixels the tower sees, or the raw image resized (LLaVA)
+    complexity_source: str = "processed"  # complexity: the pixels the tower sees, or the raw image resized
+    arithmetic: str = "sdpa"  # "sdpa" (controlled) or "official_eager" (the official scripts' eager attention)
     # Testing hook: recompute the replaced rows even when lam == 0 (otherwise lam == 0 is the vanilla SDPA path).
     force_recompute: bool = field(default=False, repr=False)
 
     def __post_init__(self):
         for name, allowed in (("mode", MODES), ("queries", QUERY_SCOPES), ("head_score", HEAD_SCORES),
                               ("head_scope", HEAD_SCOPES), ("precision", PRECISIONS), ("vis_layer", VIS_LAYERS),
-                              ("complexity_source", COMPLEXITY_SOURCES)):
+                              ("complexity_source", COMPLEXITY_SOURCES), ("arithmetic", ARITHMETICS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SAP {name} {getattr(self, name)!r} is not one of {allowed}")
         if not 0.0 <= self.lam <= 1.0:
@@ -132,8 +143,9 @@ def empty_head_window(n_heads: int, window: tuple[float, float]) -> bool:
 
 # ---- the score replacement ------------------------------------------------------------------------------------
 def head_scores(last: torch.Tensor, vis: torch.Tensor, valid: torch.Tensor, rule: str) -> torch.Tensor:
-    """(B, H) head scores from the last query's pre-mask scores `last` (B, H, K), in float32 after rounding each mean
-    to the scores' dtype (as the official code takes the mean of its bfloat16 scores).
+    """(B, H) head scores from the last query's pre-mask scores `last` (B, H, K), in float32 after computing them in
+    the scores' dtype as the official code does (each mean rounded once to that dtype, as torch's mean of bfloat16
+    scores is; the two OneVision means added and halved in that dtype).
 
     "nonvisual_mean": -mean over the valid non-visual keys; "left_right_mean": -(mean over the valid keys before the
     image + mean over the keys after it) / 2 (NaN, and so no head, when one side is empty, as in the official code).
@@ -149,8 +161,10 @@ def head_scores(last: torch.Tensor, vis: torch.Tensor, valid: torch.Tensor, rule
     for m in parts:
         n = m.sum(-1)[:, None].float()
         mean = (last.float() * m[:, None, :]).sum(-1) / n
-        means.append(torch.where(n > 0, mean, torch.full_like(mean, float("nan"))).to(last.dtype).float())
-    return -sum(means) / len(means)
+        means.append(torch.where(n > 0, mean, torch.full_like(mean, float("nan"))).to(last.dtype))
+    if len(means) == 1:
+        return -means[0].float()
+    return (-(means[0] + means[1]) / 2.0).float()
 
 
 def mix_scores(scores: torch.Tensor, vis: torch.Tensor, valid: torch.Tensor, guide: torch.Tensor,
@@ -169,9 +183,9 @@ def mix_scores(scores: torch.Tensor, vis: torch.Tensor, valid: torch.Tensor, gui
                        keepdim=True)  # (2, B, 1)
     heads = (hs >= q[0]) & (hs <= q[1])
     a = guide.to(dt)
-    if cfg.rescale:
-        mean_a = (a * vis).sum(-1) / vis.sum(-1).clamp_min(1)
-        a = a * (mean_score.to(dt).abs() / (2 * mean_a.abs()).clamp_min(torch.finfo(dt).tiny))[:, None]
+    if cfg.rescale:  # the official order: (a * |m|) / (2 |mean(a)|), each step rounded to dt
+        mean_a = ((a.float() * vis).sum(-1) / vis.sum(-1).clamp_min(1)).to(dt)
+        a = (a * mean_score.to(dt).abs()[:, None]) / (2 * mean_a.abs()).clamp_min(torch.finfo(dt).tiny)[:, None]
     lam = torch.tensor(cfg.lam, dtype=dt, device=scores.device)
     keep = torch.zeros((), dtype=dt, device=scores.device) if cfg.lam >= 1.0 else 1 - lam
     mixed = keep * scores + lam * a[:, None, None, :]
@@ -196,28 +210,17 @@ class SAPState:
         pad = torch.full((t.shape[0], K - t.shape[1]), fill, dtype=t.dtype, device=t.device)
         return torch.cat([t, pad], dim=1)
 
-    def apply(self, module, query, key, value, out, scaling):
-        B, H, Q, D = query.shape
-        K = key.shape[2]
+    def _setup(self, B: int, Q: int, K: int, dev):
+        """The fitted masks and guide for K keys, and the query rows SAP may change: (vis, valid, guide, qvalid,
+        rows (R,) indices into the Q query rows, rowsel (B, R))."""
         if B != self.vis.shape[0]:
             raise RuntimeError(f"SAP was set up for batch {self.vis.shape[0]} but attention ran on batch {B} "
                                "(beam search and other batch-expanding decoding are not supported)")
         self.calls += 1
-        dev = query.device
         vis = self._fit(self.vis.to(dev), K, False)
         valid = self._fit(self.valid.to(dev), K, True)
         guide = self._fit(self.guide.to(dev), K, 0.0)
-        scaling = scaling if scaling is not None else D**-0.5
-        dt = query.dtype if self.cfg.precision == "model" else torch.float32
-        k = repeat_kv(key, H // key.shape[1]).to(dt)
-        v = repeat_kv(value, H // value.shape[1]).to(dt)
-        q = query.to(dt)
         qvalid = valid[:, K - Q:]
-        qf, kf = query.float(), k.float()
-        qbar = (qf * qvalid[:, None, :, None]).sum(2) / qvalid.sum(1).clamp_min(1)[:, None, None]
-        kbar = (kf * valid[:, None, :, None]).sum(2) / valid.sum(1).clamp_min(1)[:, None, None]
-        mean_score = scaling * (qbar * kbar).sum(-1).mean(-1)  # (B,)
-
         qpos = torch.arange(K - Q, K, device=dev)  # absolute positions of the query rows
         if self.cfg.queries == "last" or Q == 1:
             rows = torch.tensor([Q - 1], device=dev)
@@ -229,10 +232,32 @@ class SAPState:
             keep = rowsel.any(0)
             keep[-1] = True
             rows, rowsel = rows[keep], rowsel[:, keep]
-        scores = torch.matmul(q[:, :, rows], k.transpose(-1, -2)) * scaling  # (B, H, R, K), as the official order
+        return vis, valid, guide, qvalid, rows, rowsel
+
+    def _mix(self, scores, vis, valid, guide, mean_score, rowsel):
         scores, heads = mix_scores(scores, vis, valid, guide, mean_score, rowsel, self.cfg)
         if self.keep_heads:
             self.heads.append(heads.cpu())
+        return scores
+
+    def apply(self, module, query, key, value, out, scaling):
+        """SDPA arithmetic: `out` (SDPA's output) with the SAP rows recomputed from replaced scores."""
+        B, H, Q, D = query.shape
+        K = key.shape[2]
+        dev = query.device
+        vis, valid, guide, qvalid, rows, rowsel = self._setup(B, Q, K, dev)
+        scaling = scaling if scaling is not None else D**-0.5
+        dt = query.dtype if self.cfg.precision == "model" else torch.float32
+        k = repeat_kv(key, H // key.shape[1]).to(dt)
+        v = repeat_kv(value, H // value.shape[1]).to(dt)
+        q = query.to(dt)
+        qf, kf = query.float(), k.float()
+        qbar = (qf * qvalid[:, None, :, None]).sum(2) / qvalid.sum(1).clamp_min(1)[:, None, None]
+        kbar = (kf * valid[:, None, :, None]).sum(2) / valid.sum(1).clamp_min(1)[:, None, None]
+        mean_score = scaling * (qbar * kbar).sum(-1).mean(-1)  # (B,)
+        qpos = torch.arange(K - Q, K, device=dev)
+        scores = torch.matmul(q[:, :, rows], k.transpose(-1, -2)) * scaling  # (B, H, R, K), as the official order
+        scores = self._mix(scores, vis, valid, guide, mean_score, rowsel)
         allowed = (torch.arange(K, device=dev)[None, :] <= qpos[rows][:, None])[None, None] & valid[:, None, None, :]
         probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1, dtype=torch.float32).to(dt)
         o = torch.matmul(probs, v).transpose(1, 2).to(out.dtype)  # (B, R, H, D)
@@ -240,19 +265,82 @@ class SAPState:
         out[:, rows] = torch.where(rowsel[:, :, None, None], o, out[:, rows])
         return out
 
+    def replace_official(self, scores: torch.Tensor) -> torch.Tensor:
+        """Official eager arithmetic: the pre-mask scores S (B, H, Q, K) in the model's dtype with the SAP rows
+        replaced; mean(S_full) is each sample's mean of S over its valid queries and keys, rounded once to the
+        model's dtype (torch's mean of a bfloat16 tensor), as the official `attn_scores.mean()` on one sample."""
+        B, H, Q, K = scores.shape
+        vis, valid, guide, qvalid, rows, rowsel = self._setup(B, Q, K, scores.device)
+        means = []
+        for b in range(B):
+            s = scores[b]
+            if not bool(valid[b].all()):  # padding never counts (the official scripts run one sample, unpadded)
+                s = s[:, qvalid[b]][:, :, valid[b]]
+            means.append(s.mean(dtype=torch.promote_types(s.dtype, torch.float32)))
+        mean_score = torch.stack(means).to(scores.dtype)
+        scores[:, :, rows] = self._mix(scores[:, :, rows], vis, valid, guide, mean_score, rowsel)
+        return scores
+
 
 def sap_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """SDPA for every module; the SAP rows recomputed for decoder attention modules inside a `sap(...)` context."""
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                     **kwargs)
     state: SAPState | None = getattr(module, "_lostattn_sap", None)
-    if state is None or (state.cfg.lam == 0.0 and not state.cfg.force_recompute):
+    if _inactive(state):
         return out, None
     return state.apply(module, query, key, value, out, scaling), None
 
 
+def _inactive(state) -> bool:
+    return state is None or (state.cfg.lam == 0.0 and not state.cfg.force_recompute)
+
+
+def official_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                               **kwargs):
+    """The official eager attention in the inputs' dtype (transformers' eager_attention_forward, the official
+    modeling files' order), with the SAP replacement applied to the pre-mask scores inside a `sap(...)` context."""
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    k = repeat_kv(key, query.shape[1] // key.shape[1])
+    v = repeat_kv(value, query.shape[1] // value.shape[1])
+    scores = torch.matmul(query, k.transpose(2, 3)) * scaling
+    state: SAPState | None = getattr(module, "_lostattn_sap", None)
+    if not _inactive(state):  # lam 0 leaves (1 - 0) * S + 0 * a' = S, bit for bit
+        scores = state.replace_official(scores)
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, : k.shape[-2]]
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool \
+            else scores + mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, v).transpose(1, 2).contiguous(), None
+
+
 AttentionInterface.register(SAP_ATTN, sap_attention_forward)
 AttentionMaskInterface.register(SAP_ATTN, sdpa_mask)
+AttentionInterface.register(OFFICIAL_ATTN, official_attention_forward)
+AttentionMaskInterface.register(OFFICIAL_ATTN, eager_mask)
+
+
+@contextmanager
+def attention_arithmetic(lm, arithmetic: str = "sdpa"):
+    """Run `lm` under an attention arithmetic: "sdpa" changes nothing; "official_eager" runs every decoder layer
+    with `official_attention_forward` and the vision tower with its own eager attention, as the official scripts
+    load the model (`attn_implementation="eager"`)."""
+    if arithmetic not in ARITHMETICS:
+        raise ValueError(f"attention arithmetic {arithmetic!r} is not one of {ARITHMETICS}")
+    if arithmetic == "sdpa":
+        yield
+        return
+    configs = [(lm.adapter.text_config, OFFICIAL_ATTN), (lm.adapter.layout.tower(lm).config, "eager")]
+    old = [c._attn_implementation for c, _ in configs]
+    for c, name in configs:
+        c._attn_implementation = name
+    try:
+        yield
+    finally:
+        for (c, _), o in zip(configs, old):
+            c._attn_implementation = o
 
 _WARNED: set = set()
 
@@ -282,19 +370,21 @@ def sap(lm, cfg: SAPConfig, inputs, keys: list[str] | None = None, images=None):
     vis = lm.adapter.visual_mask(ids)
     valid = inputs.get("attention_mask", torch.ones_like(ids)).bool()
     warn_if_no_head(cfg, lm.adapter.text_config.num_attention_heads, lm.adapter.family)
-    guide = torch.zeros(ids.shape, dtype=torch.float32)
-    for b, g in enumerate(make_guidance(cfg, lm, inputs, keys, images)):
-        guide[b, vis[b].cpu()] = g
-    state = SAPState(cfg, vis, valid, guide.to(ids.device))
     tc = lm.adapter.text_config
-    old = tc._attn_implementation
     chosen = cfg.layer_indices(lm.adapter.num_layers)
-    tc._attn_implementation = SAP_ATTN
-    for i in chosen:
-        lm.adapter.attn(i)._lostattn_sap = state
-    try:
-        yield state
-    finally:
-        tc._attn_implementation = old
+    with attention_arithmetic(lm, cfg.arithmetic):  # vis_enc_attn reads the tower under the same arithmetic
+        guide = torch.zeros(ids.shape, dtype=torch.float32)
+        for b, g in enumerate(make_guidance(cfg, lm, inputs, keys, images)):
+            guide[b, vis[b].cpu()] = g
+        state = SAPState(cfg, vis, valid, guide.to(ids.device))
+        old = tc._attn_implementation
+        if cfg.arithmetic == "sdpa":
+            tc._attn_implementation = SAP_ATTN
         for i in chosen:
-            del lm.adapter.attn(i)._lostattn_sap
+            lm.adapter.attn(i)._lostattn_sap = state
+        try:
+            yield state
+        finally:
+            tc._attn_implementation = old
+            for i in chosen:
+                del lm.adapter.attn(i)._lostattn_sap
