@@ -57,9 +57,11 @@ def test_figures_are_numbered_per_page_with_caption_and_alt_text(tmp_path, monke
         fig, ax = plt.subplots()
         ax.plot([0, 1], [0, 1])
         run.show_figure(fig, name, f"the {name} curve", alt=f"a rising line ({name})")
-    assert [f.number for f in shown] == [1, 2] and repr(shown[1]) == "Figure 2: the two curve"
-    html = shown[0]._repr_html_()
-    assert 'alt="a rising line (one)"' in html and "<strong>Figure 1:</strong> the one curve" in html
+    figures, captions = shown[0::2], shown[1::2]
+    assert [f.number for f in figures] == [1, 2] and repr(figures[1]) == "Figure 2: the two curve"
+    data, meta = figures[0]._repr_mimebundle_()
+    assert data["image/png"] and meta == {"image/png": {"alt": "a rising line (one)"}}
+    assert captions[0]._repr_markdown_() == "**Figure 1:** the one curve"
     assert (tmp_path / "two.png").is_file()
 
 

@@ -8,9 +8,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
+# tqdm.auto warns in a kernel without ipywidgets when the package loads; the pages show no progress bars
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
 from lostattn.tasks.loaders import load_benchmark
 from lostattn.models.loader import load_model
@@ -58,6 +61,7 @@ class Run:
         plt.close(fig)
         self.figures += 1
         display(NumberedFigure(path, self.figures, caption, alt))
+        display(FigureCaption(self.figures, caption))
 
     def check(self, df: pd.DataFrame, name: str, keys: list[str], atol: dict[str, float]) -> None:
         """The reference check (tiny profile): silent when `df` is within tolerance, AssertionError otherwise."""
@@ -153,21 +157,30 @@ def model_label(model: str, model_name: str | None = None) -> str:
 
 
 class NumberedFigure:
-    """A saved figure as the page shows it: the PNG inline with its alternative text and the caption "Figure N: …"
-    (HTML in the book; the caption alone as plain text)."""
+    """A saved figure as the page shows it: the PNG with its alternative text (output metadata, which myst-nb puts
+    on the image), the plain-text form its number and caption."""
 
     def __init__(self, path, number: int, caption: str, alt: str):
         self.path, self.number, self.caption, self.alt = Path(path), number, caption, alt
 
-    def _repr_html_(self) -> str:
+    def _repr_mimebundle_(self, include=None, exclude=None):
         import base64
-        import html
 
-        data = base64.b64encode(self.path.read_bytes()).decode()
-        return (f'<figure class="lostattn-figure" id="figure-{self.number}">'
-                f'<img src="data:image/png;base64,{data}" alt="{html.escape(self.alt, quote=True)}" '
-                f'style="max-width:100%;height:auto"/>'
-                f"<figcaption><strong>Figure {self.number}:</strong> {html.escape(self.caption)}</figcaption></figure>")
+        data = {"image/png": base64.b64encode(self.path.read_bytes()).decode(), "text/plain": repr(self)}
+        return data, {"image/png": {"alt": self.alt}}
+
+    def __repr__(self) -> str:
+        return f"Figure {self.number}: {self.caption}"
+
+
+class FigureCaption:
+    """The caption under a figure: "**Figure N:** …" (markdown in the book, plain text in a terminal)."""
+
+    def __init__(self, number: int, caption: str):
+        self.number, self.caption = number, caption
+
+    def _repr_markdown_(self) -> str:
+        return f"**Figure {self.number}:** {self.caption}"
 
     def __repr__(self) -> str:
         return f"Figure {self.number}: {self.caption}"

@@ -134,8 +134,9 @@ def with_accuracy_ci(table: pd.DataFrame, records: pd.DataFrame, by: tuple[str, 
            for k, g in records.groupby(list(by), sort=False)}
     keys = list(zip(*(table[b] for b in by)))
     out = table.copy()
-    out["ci_low"] = [ivs[k].low for k in keys]
-    out["ci_high"] = [ivs[k].high for k in keys]
+    at = out.columns.get_loc("accuracy") + 1  # beside the accuracy they belong to
+    out.insert(at, "ci_low", [ivs[k].low for k in keys])
+    out.insert(at + 1, "ci_high", [ivs[k].high for k in keys])
     return out
 
 

@@ -52,6 +52,7 @@ class Claim:
     unit: str = ""
     n: int | None = None
     n_needed: int | None = None
+    slack: float | None = None  # how far the interval clears (or misses) its boundary, in `unit`
 
     def to_dict(self, page: str | None = None) -> dict:
         """The scorecard's record: page, claim, scope, outcome, estimate, low, high, unit, n, n_needed."""
@@ -72,16 +73,19 @@ def judged(text: str, iv: Interval, *, above: float | None = None, below: float 
     """A claim decided by the interval `iv`: "above `above`", "below `below`" or "inside ±`within`"."""
     if within is not None:
         outcome, need = decide_within(iv, within)
+        slack = min(within - iv.high, iv.low + within)
     elif above is not None:
         outcome, need = decide_sign(iv, True, above)
+        slack = iv.low - above
     else:
         outcome, need = decide_sign(iv, False, below)
+        slack = below - iv.high
     evidence = f"{label + ' ' if label else ''}{iv.text()} (95% interval, n = {iv.n})"
     if outcome == INCONCLUSIVE:
         evidence += f"; about {need} samples would decide it" if need else "; no sample size decides it"
     if note:
         evidence += f"; {note}"
-    return Claim(text, outcome, evidence, scope, iv.estimate, iv.low, iv.high, iv.unit, iv.n, need)
+    return Claim(text, outcome, evidence, scope, iv.estimate, iv.low, iv.high, iv.unit, iv.n, need, slack)
 
 
 def every(text: str, parts: list[tuple[str, Claim]], scope: str = "", note: str = "") -> Claim:
@@ -107,7 +111,7 @@ def _combine(text, parts, scope, note, need_all):
         outcome = FAILS if FAILS in outs else HOLDS if all(o == HOLDS for o in outs) else INCONCLUSIVE
         pick = (next(kc for kc in parts if kc[1].outcome == FAILS) if outcome == FAILS else
                 max(undecided, key=key) if outcome == INCONCLUSIVE else
-                min(parts, key=lambda kc: min(abs(kc[1].low or 0), abs(kc[1].high or 0))))
+                min(parts, key=lambda kc: kc[1].slack if kc[1].slack is not None else math.inf))
     else:
         outcome = HOLDS if HOLDS in outs else FAILS if all(o == FAILS for o in outs) else INCONCLUSIVE
         pick = (next(kc for kc in parts if kc[1].outcome == HOLDS) if outcome == HOLDS else
