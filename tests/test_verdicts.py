@@ -59,7 +59,8 @@ def test_verdict_box_is_a_myst_admonition_with_the_verdict_class():
 def _records(protocol, condition, correct, families=("exist", "mc")):
     n = len(correct)
     return pd.DataFrame({"protocol": protocol, "condition": condition, "seed": None, "id": [f"s{i}" for i in range(n)],
-                         "family": [families[i % len(families)] for i in range(n)], "correct": correct})
+                         "family": [families[i % len(families)] for i in range(n)], "kind": "mc",
+                         "correct": correct})
 
 
 def _flip(base, k, to, rng):
@@ -170,3 +171,40 @@ def test_verdicts_json_has_the_scorecard_format(tmp_path):
     assert rows[0]["page"] == "20_table2_sap" and rows[0]["outcome"] in (HOLDS, FAILS, INCONCLUSIVE)
     assert (rows[0]["n_needed"] is None) == (rows[0]["outcome"] != INCONCLUSIVE)
     assert "✅" not in md and "❌" not in md and "[INCONCLUSIVE]" in md
+
+
+def test_scores_carry_wilson_intervals_and_the_random_modes_their_spread_across_seeds():
+    from lostattn.paper.tables import first_seed, protocol_comparison, scores_of, seed_spread
+    from lostattn.stats import accuracy_ci
+
+    rng = np.random.default_rng(4)
+    van = np.r_[np.ones(30), np.zeros(30)].astype(int)
+    runs = [_records("official", "vanilla", van)]
+    for s, k in ((42, 3), (43, 6), (44, 9)):
+        runs.append(_records("official", "gaussian_noise", _flip(van, k, 1, rng)).assign(seed=s))
+    runs.append(_records("controlled", "vanilla", van))
+    runs.append(_records("controlled", "gaussian_noise", _flip(van, 30, 0, rng)).assign(seed=42))
+    scores = scores_of(pd.concat(runs, ignore_index=True))
+    row = scores[(scores["condition"] == "vanilla") & (scores["family"] == "exist")
+                 & (scores["protocol"] == "official")].iloc[0]
+    iv = accuracy_ci(van[::2])
+    assert (row["accuracy"], row["ci_low"], row["ci_high"]) == pytest.approx((iv.estimate, iv.low, iv.high))
+    assert len(first_seed(scores)) == len(scores) - 4  # seeds 43 and 44 of two families dropped
+    spread = seed_spread(scores)
+    whole = spread[(spread["protocol"] == "official") & (spread["family"] == ALL)].iloc[0]
+    assert whole["seeds"] == 3
+    assert whole["seed_mean"] == pytest.approx(100 * (van.sum() + 6) / 60)  # 3, 6, 9 more correct: mean 6
+    assert whole["seed_sd"] == pytest.approx(100 * 3 / 60)
+    both = protocol_comparison(scores, "official", "controlled")
+    assert both.loc[ALL, "Δ official"] == pytest.approx(5.0) and both.loc[ALL, "Δ controlled"] == pytest.approx(-50.0)
+
+
+def test_table1_intervals_bootstrap_over_samples():
+    from lostattn.paper.tables import means_with_intervals, table1_intervals
+
+    m = _metrics(0.05, 0.3, 0.4, 0.01, n=20)
+    t1 = table1_intervals(m)
+    att = t1.set_index("module").loc["Attention"]
+    assert att["RID_ci_low"] < att["RID"] < att["RID_ci_high"] and att["samples"] == 20
+    b = means_with_intervals(m, ["module", "layer"], ["rid"])
+    assert len(b) == 6 and (b["rid_ci_low"] < b["rid"]).all() and (b["samples"] == 20).all()

@@ -218,3 +218,16 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
         if c not in names and c in READABLE:
             names[c] = READABLE[c]
     return df.rename(columns=names)
+
+
+def with_intervals(df: pd.DataFrame, cols: Mapping[str, tuple[str, str]], signed: bool = False) -> pd.DataFrame:
+    """`df` for the page with each column of `cols` (name -> (low column, high column)) shown as
+    "estimate [low, high]" at the precision its interval needs (`lostattn.stats.format_interval`), the bound columns
+    dropped and the column named "<name> [95%]"."""
+    from lostattn.stats import format_interval
+
+    out = df.copy()
+    for col, (lo, hi) in cols.items():
+        out[col] = [format_interval(v, a, b, signed) for v, a, b in zip(df[col], df[lo], df[hi])]
+        out = out.drop(columns=[lo, hi]).rename(columns={col: f"{col} [95%]"})
+    return out
