@@ -270,8 +270,8 @@ def table1_verdicts(per: pd.DataFrame, eps: pd.Series, scope: str = "", seed: in
     mods = set(per["module"])
     out = []
 
-    def boot(v):
-        return bootstrap_mean(v, seed=seed, unit="RID or MixIG")
+    def boot(v, unit="RID"):
+        return bootstrap_mean(v, seed=seed, unit=unit)
 
     if "Attention" in mods and len(eps):
         a = per[per["module"] == "Attention"].set_index("sample")["rid"]
@@ -285,10 +285,10 @@ def table1_verdicts(per: pd.DataFrame, eps: pd.Series, scope: str = "", seed: in
                           boot(_pair(per, "Attention", "FFN", "rid")), above=0.0, scope=scope,
                           label="RID FFN − attention"))
         out.append(judged("Attention mixes tokens: its MixIG is positive",
-                          boot(per[per["module"] == "Attention"]["mixig"]), above=0.0, scope=scope,
+                          boot(per[per["module"] == "Attention"]["mixig"], "MixIG"), above=0.0, scope=scope,
                           label="attention MixIG"))
         out.append(judged("Attention mixes more than the FFN (MixIG of attention above the FFN's)",
-                          boot(_pair(per, "FFN", "Attention", "mixig")), above=0.0, scope=scope,
+                          boot(_pair(per, "FFN", "Attention", "mixig"), "MixIG"), above=0.0, scope=scope,
                           label="MixIG attention − FFN"))
     for label in ("Noise Δ", "Noise QKV"):
         if {label, "Attention"} <= mods:
@@ -296,7 +296,7 @@ def table1_verdicts(per: pd.DataFrame, eps: pd.Series, scope: str = "", seed: in
                               boot(_pair(per, "Attention", label, "rid")), above=0.0, scope=scope,
                               label=f"RID {label} − attention"))
             out.append(judged(f"{label} in attention's place mixes negatively (MixIG below 0)",
-                              boot(per[per["module"] == label]["mixig"]), below=0.0, scope=scope,
+                              boot(per[per["module"] == label]["mixig"], "MixIG"), below=0.0, scope=scope,
                               label=f"{label} MixIG"))
     return out
 
