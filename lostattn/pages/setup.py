@@ -11,9 +11,9 @@ from pathlib import Path
 # tqdm.auto warns in a kernel without ipywidgets when the package loads; the pages show no progress bars
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
 
 from lostattn.tasks.loaders import load_benchmark
 from lostattn.models.loader import load_model

@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from lostattn.harness.evaluate import EvalSettings, evaluate
@@ -358,8 +357,8 @@ def table1_intervals(metrics: pd.DataFrame, scope: str = "all", seed: int = 0) -
     per = per_sample_means(metrics, scope)
     for col, name in (("rid", "RID"), ("mixig", "MixIG")):
         ivs = {m: bootstrap_mean(g[col], seed=seed) for m, g in per.groupby("module")}
-        t1[f"{name}_ci_low"] = t1["module"].map(lambda m: ivs[m].low)
-        t1[f"{name}_ci_high"] = t1["module"].map(lambda m: ivs[m].high)
+        t1[f"{name}_ci_low"] = t1["module"].map({m: iv.low for m, iv in ivs.items()})
+        t1[f"{name}_ci_high"] = t1["module"].map({m: iv.high for m, iv in ivs.items()})
     t1["samples"] = t1["module"].map(per.groupby("module")["sample"].nunique())
     return t1
 

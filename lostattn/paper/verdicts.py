@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lostattn.stats import (FAILS, HOLDS, INCONCLUSIVE, Interval, bootstrap_mean, decide_sign, decide_within,
-                            format_interval, paired_difference)
+from lostattn.stats import (FAILS, HOLDS, INCONCLUSIVE, Interval, bootstrap_mean, decide_sign, decide_within)
 
 # Table 1: attention's RID counts as "near eps_RoPE" up to this multiple of it (the paper: 0.06 against 0.062).
 NEAR_EPS_FACTOR = 2.0
