@@ -59,7 +59,8 @@ class Claim:
             return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
         return {"page": page, "claim": self.text, "scope": self.scope, "outcome": self.outcome,
                 "estimate": num(self.estimate), "low": num(self.low), "high": num(self.high), "unit": self.unit,
-                "n": self.n, "n_needed": self.n_needed}
+                "n": None if self.n is None else int(self.n),
+                "n_needed": None if self.n_needed is None else int(self.n_needed)}
 
 
 def _claim(text: str, ok: bool | None, evidence: str, scope: str = "") -> Claim:
