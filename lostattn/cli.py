@@ -135,16 +135,21 @@ def cmd_eval(a) -> int:
                        progress=world.is_main)
     if not world.is_main:
         return 0
-    table = summarize(records)
+    from lostattn.paper.tables import with_accuracy_ci
+    from lostattn.stats import accuracy_ci
+
+    table = with_accuracy_ci(summarize(records), records)  # percent, 95% Wilson interval per family
     table.to_csv(out.with_suffix(".summary.csv"), index=False)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    whole = accuracy_ci(records["correct"].astype(int))
+    print(f"accuracy over all {whole.n} samples: {whole.text()} % (95% Wilson interval)")
     print(f"per-sample records: {out}" + (f" (merged from {world.size} ranks)" if world.active else ""))
     return 0
 
 
 def cmd_analyze(a) -> int:
     from lostattn.harness import distributed
-    from lostattn.residual.analysis import layer_curves, table1
+    from lostattn.residual.analysis import layer_curves
     from lostattn.harness.analyze import analyze_run
     from lostattn.residual.metrics import MetricSpec
     from lostattn.provenance import data_identity
@@ -167,11 +172,14 @@ def cmd_analyze(a) -> int:
     metrics.to_csv(out / "residual_metrics.csv", index=False)
     layer_curves(metrics).to_csv(out / "layer_curves.csv", index=False)
     eps.to_csv(out / "eps_rope.csv", index=False)
-    t1 = table1(metrics, scopes[0])
+    from lostattn.paper.tables import eps_interval, table1_intervals
+
+    t1 = table1_intervals(metrics, scopes[0], a.seed)  # module means with 95% bootstrap intervals over samples
     t1.to_csv(out / "table1.csv", index=False)
     print(f"metric spec: {spec.describe()}")
-    print(t1.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"eps_RoPE = {eps[eps.scope == scopes[0]].rid.mean():.3f}")
+    shown = t1[["module", "RID", "RID_ci_low", "RID_ci_high", "MixIG", "MixIG_ci_low", "MixIG_ci_high", "samples"]]
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"eps_RoPE = {eps_interval(eps, scopes[0], a.seed).text()} (95% bootstrap interval over samples)")
     from lostattn.harness.costs import peak_memory_text
 
     print(peak_memory_text(lm.device))

@@ -191,3 +191,43 @@ def legend_below(fig, axes, ncol: int | None = None, **kw):
         return None
     return fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(len(labels), 4), frameon=False,
                       **kw)
+
+
+def error_bars(df: pd.DataFrame, value: str = "accuracy", low: str = "ci_low", high: str = "ci_high"):
+    """matplotlib's `yerr` for the 95% intervals of `df`: the distances (value − low, high − value), 2 × rows."""
+    import numpy as np
+
+    v = df[value].to_numpy(dtype=float)
+    return np.vstack([v - df[low].to_numpy(dtype=float), df[high].to_numpy(dtype=float) - v]).clip(min=0)
+
+
+# Column headers a reader understands, for tables built from the metric frames
+READABLE = {"erank_in": "eRank of X_in", "erank_out": "eRank of X_out", "dS": "ΔS", "dD": "ΔD", "rid": "RID",
+            "mixig": "MixIG", "n_tokens": "tokens", "ci_low": "95% low", "ci_high": "95% high",
+            "p_value": "McNemar p", "delta": "Δ (points)", "seed_mean": "mean over seeds", "seed_sd": "sd over seeds"}
+
+
+def readable(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with its metric columns renamed for the page (`READABLE`; `<col>_ci_low` as "<name> 95% low")."""
+    names = {}
+    for c in df.columns:
+        for suffix, word in (("_ci_low", " 95% low"), ("_ci_high", " 95% high")):
+            if isinstance(c, str) and c.endswith(suffix) and c != suffix[1:]:
+                base = c[: -len(suffix)]
+                names[c] = READABLE.get(base, base) + word
+        if c not in names and c in READABLE:
+            names[c] = READABLE[c]
+    return df.rename(columns=names)
+
+
+def with_intervals(df: pd.DataFrame, cols: Mapping[str, tuple[str, str]], signed: bool = False) -> pd.DataFrame:
+    """`df` for the page with each column of `cols` (name -> (low column, high column)) shown as
+    "estimate [low, high]" at the precision its interval needs (`lostattn.stats.format_interval`), the bound columns
+    dropped and the column named "<name> [95%]"."""
+    from lostattn.stats import format_interval
+
+    out = df.copy()
+    for col, (lo, hi) in cols.items():
+        out[col] = [format_interval(v, a, b, signed) for v, a, b in zip(df[col], df[lo], df[hi])]
+        out = out.drop(columns=[lo, hi]).rename(columns={col: f"{col} [95%]"})
+    return out

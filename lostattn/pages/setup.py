@@ -8,6 +8,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+# tqdm.auto warns in a kernel without ipywidgets when the package loads; the pages show no progress bars
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 import numpy as np
 import pandas as pd
 import torch
@@ -26,6 +29,7 @@ class Run:
     out_dir: Path
     meta: dict
     extra_keys: tuple = ()
+    figures: int = 0  # figures shown so far on the page: the next one is "Figure figures + 1"
 
     def stamp(self, fig, extra: str = "") -> None:
         """Footer naming the profile, model, commit and seed that produced the figure."""
@@ -48,15 +52,22 @@ class Run:
         save_png(fig, path)
         return path
 
-    def show_figure(self, fig, name: str, extra: str = "") -> None:
-        """Stamp the provenance footer, save `<name>.png` under out_dir, close the figure and display the PNG."""
+    def show_figure(self, fig, name: str, caption: str, alt: str, extra: str = "") -> None:
+        """Stamp the provenance footer, save `<name>.png` under out_dir, close the figure and display it as the
+        page's next numbered figure, "Figure N: `caption`", with `alt` as its alternative text."""
         import matplotlib.pyplot as plt
-        from IPython.display import Image, display
+        from IPython.display import display
 
         self.stamp(fig, extra)
         path = self.save_figure(fig, name)
         plt.close(fig)
-        display(Image(filename=str(path)))
+        self.figures += 1
+        display(NumberedFigure(path, self.figures, caption, alt))
+        display(FigureCaption(self.figures, caption))
+
+    def check(self, df: pd.DataFrame, name: str, keys: list[str], atol: dict[str, float]) -> None:
+        """The reference check (tiny profile): silent when `df` is within tolerance, AssertionError otherwise."""
+        check_reference(df, name, keys, atol)
 
     def summary(self):
         """The run's parameters in a collapsed box (paths shown without the machine's folders)."""
@@ -69,6 +80,25 @@ class Run:
         params = {k: m[k] for k in keys if k in m}
         return Markdown(run_summary_markdown(params, f"Run: {m['model_label']} on {m['benchmark']} "
                                                      f"({m['samples']} samples)"))
+
+
+# The parameters every results page has (its cell tagged `parameters`), read by `open_page`
+PAGE_PARAMETERS = ("profile", "model", "device", "dtype", "benchmark", "data", "split", "samples_per_family", "seed",
+                   "out_dir")
+
+
+def open_page(namespace: dict, *extra: str) -> Run:
+    """A results page's whole set-up in one call: the notebook's parameters read from `namespace` (its globals:
+    `PAGE_PARAMETERS`, `model_name`, and the `extra` names recorded in the run's provenance), matplotlib set to draw
+    off screen, warnings silenced, the model and samples loaded (`start`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    missing = [k for k in PAGE_PARAMETERS if k not in namespace]
+    if missing:
+        raise ValueError(f"the page's parameters cell lacks {missing}; add them to the cell tagged 'parameters'")
+    args = {k: namespace[k] for k in PAGE_PARAMETERS}
+    return start(**args, model_name=namespace.get("model_name"), **{k: namespace[k] for k in extra})
 
 
 def start(profile: str, model: str, device: str, dtype: str, benchmark: str, data, split: str,
@@ -127,6 +157,36 @@ def model_label(model: str, model_name: str | None = None) -> str:
     """How pages name a model: the name given (the paper's spelling, e.g. Qwen2.5-VL-3B-Instruct), else the
     checkpoint folder's name."""
     return model_name or Path(str(model)).name
+
+
+class NumberedFigure:
+    """A saved figure as the page shows it: the PNG with its alternative text (output metadata, which myst-nb puts
+    on the image), the plain-text form its number and caption."""
+
+    def __init__(self, path, number: int, caption: str, alt: str):
+        self.path, self.number, self.caption, self.alt = Path(path), number, caption, alt
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        import base64
+
+        data = {"image/png": base64.b64encode(self.path.read_bytes()).decode(), "text/plain": repr(self)}
+        return data, {"image/png": {"alt": self.alt}}
+
+    def __repr__(self) -> str:
+        return f"Figure {self.number}: {self.caption}"
+
+
+class FigureCaption:
+    """The caption under a figure: "**Figure N:** …" (markdown in the book, plain text in a terminal)."""
+
+    def __init__(self, number: int, caption: str):
+        self.number, self.caption = number, caption
+
+    def _repr_markdown_(self) -> str:
+        return f"**Figure {self.number}:** {self.caption}"
+
+    def __repr__(self) -> str:
+        return f"Figure {self.number}: {self.caption}"
 
 
 def check_reference(df: pd.DataFrame, name: str, keys: list[str], atol: dict[str, float]) -> str:

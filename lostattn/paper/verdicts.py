@@ -1,16 +1,27 @@
 """What a results page found, computed from the run's own numbers: for each claim of the paper that the page
-tests, whether this run shows it, with the numbers.
+tests, whether this run shows it, judged by the claim's 95% interval, with the numbers.
 
-A page calls one `*_claims` function with its tables and shows `verdict(claims)` at its top. Nothing here is typed
-prose about a particular run: the wording is fixed per claim, the numbers and the outcome come from the tables, so
-the box changes when the numbers change. The thresholds a claim needs (how close is "near", how small is "barely")
-are module constants, named in the claim's text.
+A page computes its claims with one `*_verdicts` function and shows `verdict(claims, out_dir)` at its top, which
+also writes `<out_dir>/verdicts.json` (the landing page's scorecard reads these files). Each claim has one of three
+outcomes (`lostattn.stats`): it holds when its interval lies on the claimed side (or inside ±margin for "barely
+changes", a TOST), does not hold when it lies on the other side (wholly outside ±margin), and is inconclusive at this
+n otherwise, with the number of samples that would decide it. The wording is fixed per claim; the numbers, their
+precision and the outcome come from the run. Thresholds a claim needs are module constants named in its text.
+
+`table1_claims` and `table2_claims` judge point estimates (the aggregated matrix of `lostattn.paper.aggregate`,
+which holds no per-sample values); the pages use the interval-based `*_verdicts`.
 """
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
+
+from lostattn.stats import (FAILS, HOLDS, INCONCLUSIVE, Interval, bootstrap_mean, decide_sign, decide_within)
 
 # Table 1: attention's RID counts as "near eps_RoPE" up to this multiple of it (the paper: 0.06 against 0.062).
 NEAR_EPS_FACTOR = 2.0
@@ -18,36 +29,114 @@ NEAR_EPS_FACTOR = 2.0
 # cells move by 1.45 and 2.03 points).
 BARELY_POINTS = 3.0
 
-HOLDS, FAILS, UNTESTED = "holds", "does not hold", "not tested"
-_MARK = {HOLDS: "✅", FAILS: "❌", UNTESTED: "➖"}
+UNTESTED = "not tested"
+# marks drawn from text (no emoji font needed); the book's CSS colours `verdict-<outcome>` spans
+_MARK = {HOLDS: "HOLDS", FAILS: "DOES NOT HOLD", INCONCLUSIVE: "INCONCLUSIVE", UNTESTED: "NOT TESTED"}
+VERDICTS_FILE = "verdicts.json"
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim of the paper and what this run says of it."""
+    """One claim of the paper and what this run says of it: `outcome` HOLDS, FAILS, INCONCLUSIVE or UNTESTED;
+    `estimate`, `low`, `high` (95% interval, in `unit`) of the quantity that decides it, over `n` samples, and
+    `n_needed` the samples that would decide an inconclusive one (None when decided)."""
 
-    text: str  # the claim, as the paper makes it (with the threshold used, when one is needed)
-    outcome: str  # HOLDS, FAILS or UNTESTED
-    evidence: str  # this run's numbers (and the paper's, where it reports them)
+    text: str
+    outcome: str
+    evidence: str
+    scope: str = ""
+    estimate: float | None = None
+    low: float | None = None
+    high: float | None = None
+    unit: str = ""
+    n: int | None = None
+    n_needed: int | None = None
+    slack: float | None = None  # how far the interval clears (or misses) its boundary, in `unit`
 
-    def to_dict(self) -> dict:
-        return {"claim": self.text, "outcome": self.outcome, "evidence": self.evidence}
+    def to_dict(self, page: str | None = None) -> dict:
+        """The scorecard's record: page, claim, scope, outcome, estimate, low, high, unit, n, n_needed."""
+        def num(v):
+            return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+        return {"page": page, "claim": self.text, "scope": self.scope, "outcome": self.outcome,
+                "estimate": num(self.estimate), "low": num(self.low), "high": num(self.high), "unit": self.unit,
+                "n": None if self.n is None else int(self.n),
+                "n_needed": None if self.n_needed is None else int(self.n_needed)}
 
 
-def _claim(text: str, ok: bool | None, evidence: str) -> Claim:
-    return Claim(text, UNTESTED if ok is None else HOLDS if ok else FAILS, evidence)
+def _claim(text: str, ok: bool | None, evidence: str, scope: str = "") -> Claim:
+    """A claim judged on point estimates (no interval): holds or does not hold, or not tested when `ok` is None."""
+    return Claim(text, UNTESTED if ok is None else HOLDS if ok else FAILS, evidence, scope)
+
+
+def judged(text: str, iv: Interval, *, above: float | None = None, below: float | None = None,
+           within: float | None = None, scope: str = "", label: str = "", note: str = "") -> Claim:
+    """A claim decided by the interval `iv`: "above `above`", "below `below`" or "inside ±`within`"."""
+    if within is not None:
+        outcome, need = decide_within(iv, within)
+        slack = min(within - iv.high, iv.low + within)
+    elif above is not None:
+        outcome, need = decide_sign(iv, True, above)
+        slack = iv.low - above
+    else:
+        outcome, need = decide_sign(iv, False, below)
+        slack = below - iv.high
+    evidence = f"{label + ' ' if label else ''}{iv.text()} (95% interval, n = {iv.n})"
+    if outcome == INCONCLUSIVE:
+        evidence += f"; about {need} samples would decide it" if need else "; no sample size decides it"
+    if note:
+        evidence += f"; {note}"
+    return Claim(text, outcome, evidence, scope, iv.estimate, iv.low, iv.high, iv.unit, iv.n, need, slack)
+
+
+def every(text: str, parts: list[tuple[str, Claim]], scope: str = "", note: str = "") -> Claim:
+    """A claim made of parts (name, claim) that must all hold: it does not hold when one part does not, holds when
+    all do, and is inconclusive otherwise. The numbers shown are the deciding part's: the first failing one, the
+    undecided one needing the most samples, or (when all hold) the one closest to failing."""
+    return _combine(text, parts, scope, note, need_all=True)
+
+
+def some(text: str, parts: list[tuple[str, Claim]], scope: str = "", note: str = "") -> Claim:
+    """A claim that one of the parts (name, claim) holds: holds when one does, does not hold when none can (all
+    do not hold), inconclusive otherwise (with the undecided part needing the fewest samples)."""
+    return _combine(text, parts, scope, note, need_all=False)
+
+
+def _combine(text, parts, scope, note, need_all):
+    if not parts:
+        return Claim(text, UNTESTED, "nothing measured", scope)
+    outs = [c.outcome for _, c in parts]
+    undecided = [(k, c) for k, c in parts if c.outcome == INCONCLUSIVE]
+    key = (lambda kc: kc[1].n_needed or math.inf)
+    if need_all:
+        outcome = FAILS if FAILS in outs else HOLDS if all(o == HOLDS for o in outs) else INCONCLUSIVE
+        pick = (next(kc for kc in parts if kc[1].outcome == FAILS) if outcome == FAILS else
+                max(undecided, key=key) if outcome == INCONCLUSIVE else
+                min(parts, key=lambda kc: kc[1].slack if kc[1].slack is not None else math.inf))
+    else:
+        outcome = HOLDS if HOLDS in outs else FAILS if all(o == FAILS for o in outs) else INCONCLUSIVE
+        pick = (next(kc for kc in parts if kc[1].outcome == HOLDS) if outcome == HOLDS else
+                min(undecided, key=key) if outcome == INCONCLUSIVE else
+                max(parts, key=lambda kc: kc[1].high if kc[1].high is not None else -math.inf))
+    name, c = pick
+    counts = f"{outs.count(HOLDS)} of {len(parts)} hold, {outs.count(FAILS)} do not, {outs.count(INCONCLUSIVE)} " \
+             f"inconclusive"
+    evidence = f"{counts}; {name}: {c.evidence}" + (f"; {note}" if note else "")
+    return Claim(text, outcome, evidence, scope, c.estimate, c.low, c.high, c.unit, c.n,
+                 c.n_needed if outcome == INCONCLUSIVE else None)
 
 
 def verdict_markdown(claims: list[Claim], title: str = "Verdict: what this run shows") -> str:
-    """A MyST admonition with the class `verdict`: one line per claim, its outcome and its numbers."""
+    """A MyST admonition with the class `verdict`: one line per claim, its outcome (a text mark), scope and numbers."""
     lines = [f":::{{admonition}} {title}", ":class: verdict", ""]
     for c in claims:
-        lines.append(f"- {_MARK[c.outcome]} **{c.text}** — {c.outcome}: {c.evidence}")
+        scope = f" *({c.scope})*" if c.scope else ""
+        lines.append(f"- **[{_MARK[c.outcome]}]** {c.text}{scope}: {c.evidence}")
     if not claims:
-        lines.append("- ➖ this page tests no claim of the paper on this run")
-    held = sum(c.outcome == HOLDS for c in claims)
-    tested = sum(c.outcome != UNTESTED for c in claims)
-    lines += ["", f"{held} of {tested} tested claims hold on this run.", ":::"]
+        lines.append("- **[NOT TESTED]** this page tests no claim of the paper on this run")
+    outs = [c.outcome for c in claims]
+    tested = sum(o != UNTESTED for o in outs)
+    lines += ["", f"{outs.count(HOLDS)} of {tested} tested claims hold on this run, {outs.count(FAILS)} do not, "
+                  f"{outs.count(INCONCLUSIVE)} are inconclusive at this sample size (95% intervals).", ":::"]
     return "\n".join(lines)
 
 
@@ -65,11 +154,26 @@ class Verdict:
         return f"{self.title}\n{body}"
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame([c.to_dict() for c in self.claims], columns=["claim", "outcome", "evidence"])
+        return pd.DataFrame([c.to_dict() for c in self.claims]).drop(columns="page")
+
+    def save(self, out_dir: str | Path, page: str | None = None) -> Path:
+        """`<out_dir>/verdicts.json`: the tested claims as the scorecard reads them (`Claim.to_dict`); `page`
+        defaults to the output folder's name, which is the notebook's."""
+        out_dir = Path(out_dir)
+        page = page or out_dir.name
+        rows = [c.to_dict(page) for c in self.claims if c.outcome != UNTESTED]
+        path = out_dir / VERDICTS_FILE
+        path.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return path
 
 
-def verdict(claims: list[Claim], title: str = "Verdict: what this run shows") -> Verdict:
-    return Verdict(claims, title)
+def verdict(claims: list[Claim], out_dir: str | Path | None = None, title: str = "Verdict: what this run shows",
+            page: str | None = None) -> Verdict:
+    """The verdict box of `claims`; with `out_dir`, also written to `<out_dir>/verdicts.json`."""
+    v = Verdict(claims, title)
+    if out_dir is not None:
+        v.save(out_dir, page)
+    return v
 
 
 def _f(v: float, digits: int = 3) -> str:
@@ -117,42 +221,6 @@ def table1_claims(t1: pd.DataFrame, eps: float, paper: pd.DataFrame | None = Non
     return out
 
 
-def layer_claims(curves: pd.DataFrame, scope: str = "all") -> list[Claim]:
-    """Table 1's ordering layer by layer, from `lostattn.residual.analysis.layer_curves` (vanilla condition)."""
-    v = curves[(curves["condition"] == "vanilla") & (curves["scope"] == scope)]
-    a = v[v["module"] == "attention"].set_index("layer")
-    f = v[v["module"] == "ffn"].set_index("layer")
-    layers = a.index.intersection(f.index)
-    n = len(layers)
-    if n == 0:
-        return [_claim("Attention's RID stays below the FFN's, layer by layer", None, "no layer measured")]
-    rid_below = int((a.loc[layers, "rid"] < f.loc[layers, "rid"]).sum())
-    mix_above = int((a.loc[layers, "mixig"] > f.loc[layers, "mixig"]).sum())
-    return [
-        _claim("Attention's RID stays below the FFN's, layer by layer (in most layers)", rid_below > n / 2,
-               f"in {rid_below} of {n} layers"),
-        _claim("Attention's MixIG stays above the FFN's, layer by layer (in most layers)", mix_above > n / 2,
-               f"in {mix_above} of {n} layers"),
-    ]
-
-
-def scope_claims(t1_by_scope: dict[str, pd.DataFrame]) -> list[Claim]:
-    """Table 1's two orderings (FFN RID above attention's; attention MixIG above the FFN's) on each token scope."""
-    out = []
-    for scope, t in t1_by_scope.items():
-        r = t.set_index("module")
-        if not {"Attention", "FFN"} <= set(r.index):
-            out.append(_claim(f"Table 1's ordering holds on {scope} tokens", None, "too few tokens in this scope"))
-            continue
-        a, f = r.loc["Attention"], r.loc["FFN"]
-        ok = bool(f["RID"] > a["RID"] and a["MixIG"] > f["MixIG"])
-        out.append(_claim(f"Table 1's ordering holds on {scope} tokens (FFN RID above attention's, attention MixIG "
-                          f"above the FFN's)", ok,
-                          f"RID attention {_f(a['RID'])} / FFN {_f(f['RID'])}; MixIG attention {_f(a['MixIG'])} / "
-                          f"FFN {_f(f['MixIG'])}"))
-    return out
-
-
 def table2_claims(wide: pd.DataFrame, modes: list[str], paper_deltas: dict[str, float] | None = None,
                   rows: str = "family") -> list[Claim]:
     """The claims of Table 2 from accuracy per family (rows; `rows` names what a row is) and condition (columns:
@@ -186,37 +254,190 @@ def table2_claims(wide: pd.DataFrame, modes: list[str], paper_deltas: dict[str, 
     return out
 
 
-def sweep_claims(lam_table: pd.DataFrame, window_table: pd.DataFrame) -> list[Claim]:
-    """How much the score depends on how much attention is replaced (λ) and where (layer windows): accuracy per
-    family (rows) and λ (columns), and per family and window (columns, "none" the vanilla model)."""
+# ---- the pages' verdicts, judged by intervals ------------------------------------------------------------------
+def _pair(per: pd.DataFrame, x: str, y: str, col: str) -> np.ndarray:
+    """Per-sample values of module `y` minus module `x` (samples in both)."""
+    a = per[per["module"] == x].set_index("sample")[col]
+    b = per[per["module"] == y].set_index("sample")[col]
+    common = a.index.intersection(b.index)
+    return (b.loc[common] - a.loc[common]).to_numpy()
+
+
+def table1_verdicts(per: pd.DataFrame, eps: pd.Series, scope: str = "", seed: int = 0) -> list[Claim]:
+    """Table 1's claims from per-sample module means `per` (`lostattn.paper.tables.per_sample_means`) and per-sample
+    ε_RoPE `eps` (`eps_per_sample`), each decided by a bootstrap interval over samples; comparisons are paired per
+    sample."""
+    mods = set(per["module"])
     out = []
-    span = (lam_table.max(axis=1) - lam_table.min(axis=1))
-    fam = span.idxmax()
-    out.append(_claim(f"The score barely depends on how much attention is replaced (every family within "
-                      f"{BARELY_POINTS:g} points over λ)", bool(span.max() <= BARELY_POINTS),
-                      f"widest range {span.max():.1f} points ({fam}, λ from {lam_table.columns.min():g} to "
-                      f"{lam_table.columns.max():g})"))
-    if "none" in window_table.columns and window_table.shape[1] > 1:
-        d = window_table.drop(columns="none").sub(window_table["none"], axis=0).stack()
-        worst = d.abs().idxmax()
-        out.append(_claim(f"Replacing attention in any one window of layers barely changes the score (within "
-                          f"±{BARELY_POINTS:g} points)", bool(d.abs().max() <= BARELY_POINTS),
-                          f"largest change {_pts(d[worst])} points ({worst[0]}, layers {worst[1]})"))
+
+    def boot(v, unit="RID"):
+        return bootstrap_mean(v, seed=seed, unit=unit)
+
+    if "Attention" in mods and len(eps):
+        a = per[per["module"] == "Attention"].set_index("sample")["rid"]
+        common = a.index.intersection(eps.index)
+        iv = bootstrap_mean((a.loc[common] - NEAR_EPS_FACTOR * eps.loc[common]).to_numpy(), seed=seed, unit="RID")
+        out.append(judged(f"Attention barely expands the subspace: its RID is near ε_RoPE (below {NEAR_EPS_FACTOR:g}× "
+                          f"ε_RoPE)", iv, below=0.0, scope=scope, label=f"attention RID − {NEAR_EPS_FACTOR:g}·ε_RoPE",
+                          note=f"attention RID {boot(a).text()}, ε_RoPE {boot(eps).text()}"))
+    if {"Attention", "FFN"} <= mods:
+        out.append(judged("The FFN expands the subspace more than attention (RID of the FFN above attention's)",
+                          boot(_pair(per, "Attention", "FFN", "rid")), above=0.0, scope=scope,
+                          label="RID FFN − attention"))
+        out.append(judged("Attention mixes tokens: its MixIG is positive",
+                          boot(per[per["module"] == "Attention"]["mixig"], "MixIG"), above=0.0, scope=scope,
+                          label="attention MixIG"))
+        out.append(judged("Attention mixes more than the FFN (MixIG of attention above the FFN's)",
+                          boot(_pair(per, "FFN", "Attention", "mixig"), "MixIG"), above=0.0, scope=scope,
+                          label="MixIG attention − FFN"))
+    for label in ("Noise Δ", "Noise QKV"):
+        if {label, "Attention"} <= mods:
+            out.append(judged(f"{label} in attention's place expands more than attention (RID above attention's)",
+                              boot(_pair(per, "Attention", label, "rid")), above=0.0, scope=scope,
+                              label=f"RID {label} − attention"))
+            out.append(judged(f"{label} in attention's place mixes negatively (MixIG below 0)",
+                              boot(per[per["module"] == label]["mixig"], "MixIG"), below=0.0, scope=scope,
+                              label=f"{label} MixIG"))
     return out
 
 
-def accuracy_claims(acc: pd.DataFrame) -> list[Claim]:
-    """The model is fit to be analysed: every family above chance (when chance is known)."""
-    if "chance" not in acc or acc["chance"].isna().all():
-        lo = acc.loc[acc["accuracy"].idxmin()]
-        return [_claim("Every family is scored", None, f"accuracy from {lo['accuracy']:.1f}% ({lo['family']}) to "
-                                                         f"{acc['accuracy'].max():.1f}%; chance is not known here")]
-    margin = acc["accuracy"] - acc["chance"]  # both in percent
-    low = acc.loc[margin.idxmin()]
-    return [_claim("The model answers every family above chance (the precondition for reading Tables 1 and 2 on it)",
-                   bool((margin > 0).all()), f"smallest margin {margin.min():+.1f} points ({low['family']}: "
-                                             f"{low['accuracy']:.1f}% against chance {low['chance']:.1f}%)")]
+def layer_verdicts(metrics: pd.DataFrame, scope: str = "all", seed: int = 0, spec: str = "") -> list[Claim]:
+    """Table 1's two orderings layer by layer (vanilla): in each layer the per-sample difference's interval; a
+    claim holds when it is shown in most layers, does not hold when the opposite is shown in at least half."""
+    v = metrics[(metrics["condition"] == "vanilla") & (metrics["scope"] == scope)]
+    out = []
+    for text, col, low_mod, high_mod in (
+            ("Attention's RID stays below the FFN's, layer by layer (in most layers)", "rid", "attention", "ffn"),
+            ("Attention's MixIG stays above the FFN's, layer by layer (in most layers)", "mixig", "ffn", "attention")):
+        parts = []
+        for layer, g in v.groupby("layer"):
+            d = _pair(g, low_mod, high_mod, col)
+            if len(d):
+                parts.append((f"layer {layer}", judged(text, bootstrap_mean(d, seed=seed, unit=col), above=0.0)))
+        if not parts:
+            out.append(Claim(text, UNTESTED, "no layer measured"))
+            continue
+        outs = [c.outcome for _, c in parts]
+        k, L = outs.count(HOLDS), len(parts)
+        outcome = HOLDS if k > L / 2 else FAILS if outs.count(FAILS) >= L / 2 else INCONCLUSIVE
+        per_sample = (v[v["module"] == high_mod].set_index(["sample", "layer"])[col]
+                      - v[v["module"] == low_mod].set_index(["sample", "layer"])[col]).groupby("sample").mean()
+        whole = bootstrap_mean(per_sample.dropna(), seed=seed, unit=col)
+        need = None
+        if outcome == INCONCLUSIVE:  # the samples that would decide the layer that tips the majority
+            needs = sorted(c.n_needed for _, c in parts if c.outcome == INCONCLUSIVE and c.n_needed)
+            short = math.floor(L / 2) + 1 - k
+            need = needs[short - 1] if 0 < short <= len(needs) else None
+        sc = f"{scope} tokens, {L} layers" + (f", metric spec {spec}" if spec else "")
+        out.append(Claim(text, outcome, f"shown in {k} of {L} layers, the opposite in {outs.count(FAILS)}; "
+                                        f"difference over layers {whole.text()}", sc, whole.estimate, whole.low,
+                         whole.high, col, parts[0][1].n, need))
+    return out
 
 
-__all__ = ["Claim", "Verdict", "verdict", "verdict_markdown", "table1_claims", "layer_claims", "scope_claims",
-           "table2_claims", "sweep_claims", "accuracy_claims", "HOLDS", "FAILS", "UNTESTED"]
+def scope_verdicts(per_by_scope: dict[str, pd.DataFrame], seed: int = 0) -> list[Claim]:
+    """Table 1's two orderings (FFN RID above attention's; attention MixIG above the FFN's) on each token scope,
+    from per-sample module means per scope; a scope holds when both are shown."""
+    out = []
+    for scope, per in per_by_scope.items():
+        text = (f"Table 1's ordering holds on {scope} tokens (FFN RID above attention's, attention MixIG above the "
+                f"FFN's)")
+        if not {"Attention", "FFN"} <= set(per["module"]):
+            out.append(Claim(text, UNTESTED, "too few tokens in this scope", f"{scope} tokens"))
+            continue
+        rid = judged(text, bootstrap_mean(_pair(per, "Attention", "FFN", "rid"), seed=seed, unit="RID"), above=0.0)
+        mix = judged(text, bootstrap_mean(_pair(per, "FFN", "Attention", "mixig"), seed=seed, unit="MixIG"),
+                     above=0.0)
+        out.append(every(text, [("RID FFN − attention", rid), ("MixIG attention − FFN", mix)],
+                         scope=f"{scope} tokens"))
+    return out
+
+
+def sap_scope(protocol: str, cfg, lam: float) -> str:
+    """The scope a Table 2 verdict names: protocol, replaced layers, head window, λ."""
+    if cfg is None:
+        return f"{protocol} protocol"
+    layers = "every layer but 0" if cfg.layers == "all" else "layers " + ",".join(map(str, cfg.layers))
+    lo, hi = cfg.head_percentile
+    heads = "every head" if (lo, hi) == (0.0, 1.0) else f"heads at score percentiles {lo:g}–{hi:g}"
+    return f"{protocol} protocol, {layers}, {heads}, λ = {lam:g}"
+
+
+def barely_changes_text(mode: str, where: str = "") -> str:
+    """The one wording of the SAP claim, shared by pages 20 and 21."""
+    return (f"Replacing learned attention over the image with {mode} barely changes the benchmark score "
+            f"(|Δ| below {BARELY_POINTS:g} points){where}")
+
+
+def sap_verdicts(delta: pd.DataFrame, protocol: str, modes: list[str], scope: str,
+                 paper_deltas: dict[str, float] | None = None) -> list[Claim]:
+    """Table 2's claims under one protocol, from `lostattn.paper.tables.deltas` (Δ per condition and family, with
+    the whole benchmark as `ALL`): per mode, "barely changes" by TOST on the whole benchmark's Δ; "sometimes
+    higher" by any cell's interval above 0; the blind control by every family's interval below 0."""
+    from lostattn.paper.tables import ALL
+
+    d = delta[delta["protocol"] == protocol]
+    whole = d[d["family"] == ALL] if (d["family"] == ALL).any() else d
+
+    def iv(row):
+        return Interval(row["delta"], row["ci_low"], row["ci_high"], int(row["n"]), "points", row["p_value"])
+
+    out = []
+    quoted = ("paper: " + ", ".join(f"{b} {v:+.2f}" for b, v in paper_deltas.items())) if paper_deltas else ""
+    for mode in modes:
+        r = whole[whole["condition"] == mode]
+        if r.empty:
+            continue
+        row = r.iloc[0]
+        out.append(judged(barely_changes_text(mode), iv(row), within=BARELY_POINTS, scope=scope, label="Δ",
+                          note=f"McNemar p = {row['p_value']:.2g}" + (f"; {quoted}" if quoted else "")))
+    cells = d[(d["condition"].isin(modes)) & (d["family"] != ALL)]
+    parts = [(f"{r.family}, {r.condition}", judged("", iv(r._asdict()), above=0.0, label="Δ"))
+             for r in cells.itertuples(index=False)]
+    if parts:
+        out.append(some("Predefined attention sometimes scores higher than the learned one (a family × mode cell "
+                        "with Δ above 0)", parts, scope=scope))
+    blind = d[(d["condition"] == "blind") & (d["family"] != ALL)]
+    if len(blind):
+        parts = [(r.family, judged("", iv(r._asdict()), below=0.0, label="blind − vanilla"))
+                 for r in blind.itertuples(index=False)]
+        out.append(every("Control: the families need the image (removing it lowers every family's score)", parts,
+                         scope=f"{protocol} protocol"))
+    if not out:
+        out.append(Claim(barely_changes_text("SAP"), UNTESTED, "no SAP run", scope))
+    return out
+
+
+def sweep_verdicts(lam_deltas: pd.DataFrame, window_deltas: pd.DataFrame, mode: str, scope: str) -> list[Claim]:
+    """The sweeps told in page 20's words: "barely changes" at every λ (against λ = 0), and in every window of
+    layers (λ = 1, against the vanilla model), each by TOST on the whole benchmark's Δ."""
+    from lostattn.paper.tables import ALL
+
+    def parts(d, key, name):
+        w = d[d["family"] == ALL] if (d["family"] == ALL).any() else d
+        return [(f"{name} {r[key]}", judged("", Interval(r["delta"], r["ci_low"], r["ci_high"], int(r["n"]),
+                                                         "points", r["p_value"]), within=BARELY_POINTS, label="Δ"))
+                for _, r in w.iterrows()]
+
+    return [every(barely_changes_text(mode, " at every λ"), parts(lam_deltas, "lam", "λ ="),
+                  scope=f"{scope}, every layer but 0, λ against λ = 0"),
+            every(barely_changes_text(mode, " in any one window of layers"), parts(window_deltas, "window", "layers"),
+                  scope=f"{scope}, λ = 1, against the vanilla model")]
+
+
+def accuracy_verdicts(records: pd.DataFrame, chance: dict[str, float] | None, scope: str = "") -> list[Claim]:
+    """The model is fit to be analysed: every family's accuracy above chance, by its Wilson interval."""
+    from lostattn.stats import accuracy_ci
+
+    text = "The model answers every family above chance (the precondition for reading Tables 1 and 2 on it)"
+    if not chance:
+        return [Claim(text, UNTESTED, "chance is not known for this benchmark", scope)]
+    parts = [(fam, judged("", accuracy_ci(g["correct"].astype(int)), above=chance[fam], label="accuracy",
+                          note=f"chance {chance[fam]:.1f}%"))
+             for fam, g in records.groupby("family") if fam in chance]
+    return [every(text, parts, scope=scope)]
+
+
+__all__ = ["Claim", "Verdict", "verdict", "verdict_markdown", "judged", "every", "some", "table1_claims",
+           "table2_claims", "table1_verdicts", "layer_verdicts", "scope_verdicts", "sap_verdicts", "sweep_verdicts",
+           "accuracy_verdicts", "sap_scope", "barely_changes_text", "HOLDS", "FAILS", "INCONCLUSIVE", "UNTESTED"]
