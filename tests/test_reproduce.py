@@ -355,19 +355,22 @@ def test_a_line_per_code_cell_named_by_what_it_does_and_encrypted_kernels():
         nbformat.v4.new_code_cell("import numpy as np\nfrom a import (b,\n  c)\nmetrics = compute(x)\nshow()"),
         nbformat.v4.new_markdown_cell("# Title\n\ntext\n\n## Table 2: *replacing* attention"),
         nbformat.v4.new_code_cell("# Score every SAP condition on each benchmark\nmain = conditions_of(p)"),
+        nbformat.v4.new_code_cell("# NBVAL_IGNORE_OUTPUT\nscores = harness.evaluate(model, f(x))"),
         nbformat.v4.new_code_cell("display(table(t))")])
     p.begin(nb)
     for c in nb.cells:
         p.start(c)
         p.end(c, failed=c.source.startswith("display"))
     lines = out.getvalue().splitlines()
-    assert len(lines) == 3 and len(done) == 3 and len(p.seconds) == 3
+    assert len(lines) == 4 and len(done) == 4 and len(p.seconds) == 4
     # no comment and no heading above it: its first assignment after the imports
-    assert re.fullmatch(r" +\[1/3\] metrics = compute\(x\) \.\.\. \d+\.\ds", lines[0])
+    assert re.fullmatch(r" +\[1/4\] metrics = compute\(x\) \.\.\. \d+\.\ds", lines[0])
     # its first comment line, not its code
-    assert re.fullmatch(r" +\[2/3\] Score every SAP condition on each benchmark \.\.\. \d+\.\ds", lines[1])
-    # no comment: the heading of the section it sits in
-    assert re.fullmatch(r" +\[3/3\] Table 2: replacing attention \.\.\. FAILED after \d+\.\ds", lines[2])
+    assert re.fullmatch(r" +\[2/4\] Score every SAP condition on each benchmark \.\.\. \d+\.\ds", lines[1])
+    # no comment (an nbval directive is none): the heading of its section, and what it computes, as a cell beside
+    # it shares the heading; a cell that only shows keeps the heading alone
+    assert re.fullmatch(r" +\[3/4\] Table 2: replacing attention \(evaluate\) \.\.\. \d+\.\ds", lines[2])
+    assert re.fullmatch(r" +\[4/4\] Table 2: replacing attention \.\.\. FAILED after \d+\.\ds", lines[3])
     import zmq
 
     if zmq.has("curve"):

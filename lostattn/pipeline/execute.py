@@ -7,6 +7,7 @@ import re
 import sys
 import threading
 import time
+from collections import defaultdict
 from contextlib import contextmanager
 
 from lostattn.pipeline.plan import MatrixCell
@@ -25,7 +26,11 @@ def _hms(seconds: float | None) -> str:
 
 
 # Comment lines that say how a cell is run, not what it does.
-_NOT_A_LABEL = re.compile(r"^#\s*(papermill|parameters\b|noqa|type:|pragma|-\*-)", re.I)
+_NOT_A_LABEL = re.compile(r"^#\s*(papermill|parameters\b|noqa|type:|pragma|-\*-|NBVAL_\w+$)", re.I)
+# Calls that show or set up rather than compute: not what names a cell.
+_PLUMBING_CALLS = frozenset({"display", "print", "filterwarnings", "use", "Markdown", "Image", "table", "close",
+                             "show", "glue", "str", "int", "float", "len", "list", "dict", "set", "sorted", "range",
+                             "zip", "enumerate", "format", "join", "get", "items", "append"})
 
 
 def _shorten(text: str, width: int) -> str:
@@ -59,6 +64,24 @@ def _code_cell_label(source: str, heading: str | None = None, width: int = 60) -
             return _shorten(line.lstrip("# ").strip(), width)
         break
     return _shorten(heading or _first_statement(source), width)
+
+
+def _main_call(source: str) -> str | None:
+    """The first function the cell calls that computes something (not a display or set-up call), by name."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            continue
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+                if name and name not in _PLUMBING_CALLS and not name.startswith("_"):
+                    return name
+    return None
 
 
 def _heading(markdown: str) -> str | None:
@@ -97,11 +120,21 @@ class NotebookProgress:
         self.k = 0
         self.seconds = []
         heading = None
+        under: dict[str | None, list[str]] = defaultdict(list)
         for c in nb.cells:
             if c.get("cell_type") == "markdown":
                 heading = _heading(c.source) or heading
             elif self._counted(c):
                 self._labels.setdefault(c.source, _code_cell_label(c.source, heading))
+                under[heading].append(c.source)
+        # Cells that share a heading, and have no comment line of their own, are told apart by what they call.
+        for head, sources in under.items():
+            if head is None or len(sources) < 2:
+                continue
+            for src in sources:
+                call = _main_call(src)
+                if self._labels[src] == _shorten(head, 60) and call:
+                    self._labels[src] = f"{_shorten(head, 44)} ({call})"
 
     def _write(self, text: str) -> None:
         with self._lock:
