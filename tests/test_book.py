@@ -348,6 +348,13 @@ def test_stylesheet_rules():
     assert "text-align: right" in rule("table.lostattn td.num")
     assert "max-width: 100%" in rule("div.cell_output img")
     assert "div.admonition.verdict" in css
+    # nothing cut off: outputs and display formulas scroll in their box, column names break, figures on a phone
+    # keep a legible width in a box that scrolls
+    assert "overflow-x: auto" in rule(".bd-article div.math")
+    assert "overflow-wrap: anywhere" in rule("table.lostattn thead th")
+    assert "white-space: normal" in rule("table.lostattn thead th.num")
+    phone = css[css.index("@media (max-width: 640px) {\n  div.cell_output:has(> img)"):]
+    assert "overflow-x: auto" in phone.split("}")[0] and "width: 640px" in phone.split("}")[1]
 
 
 def test_real_book_from_the_stored_notebooks(tmp_path):
