@@ -153,6 +153,20 @@ def test_copy_page_data(tmp_path, monkeypatch):
     assert book.copy_page_data(tmp_path / "absent", tmp_path / "copy2") == ([], [])
 
 
+def test_rerun_box_names_a_checkpoint_only_where_the_page_takes_one():
+    from lostattn.pipeline.profiles import notebook_parameters
+
+    for n in NOTEBOOKS:
+        box = book.rerun_markdown(n)
+        assert box.startswith(":::{admonition} Rerun this page") and box.endswith(":::")
+        assert f"lostattn reproduce --only {n}\n" in box and f"--config my_paper.yaml --only {n}\n" in box
+        takes_model = "model" in notebook_parameters(n)
+        assert ("-p model /path/to/checkpoint" in box) == takes_model, n
+        if takes_model:
+            assert f"-p out_dir results/my_checkpoint/{n}" in box
+    assert "papermill" not in book.rerun_markdown("30_paper_tables")  # it reads the matrix, not one checkpoint
+
+
 def test_scorecard_counts_and_grammar():
     text = book.scorecard_markdown([("a", "Page A", FIXTURE_VERDICTS[:1]), ("b", "Page B", None)], "tiny")
     assert text.startswith("Profile `tiny`: of 1 claim tested, 1 holds, 0 do not hold and 0 are inconclusive")

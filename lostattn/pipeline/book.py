@@ -183,7 +183,7 @@ def copy_page_data(src: Path, dst: Path, repo_root: Path = REPO_ROOT) -> tuple[l
 def rerun_markdown(notebook: str) -> str:
     """The 'rerun this page' box: the commands that make this page again, on the embedded model and on the
     reader's own checkpoints (a profile file naming their folders)."""
-    return "\n".join([
+    lines = [
         ":::{admonition} Rerun this page", ":class: rerun", "",
         "On the embedded model (the `tiny` profile: CPU, offline), from the repository root:", "",
         "```bash", f"lostattn reproduce --only {notebook}", "```", "",
@@ -195,7 +195,14 @@ def rerun_markdown(notebook: str) -> str:
         f"lostattn reproduce --profile paper --config my_paper.yaml --only {notebook} --model Qwen2.5-VL-7B-Instruct",
         "```", "",
         "Finished cells are skipped; `--plan` lists the cells and the command of each ([Rerunning on a GPU]"
-        "(../rerun_gpu)).", ":::"])
+        "(../rerun_gpu))."]
+    if {"model", "device", "dtype"} <= set(profiles.notebook_parameters(notebook)):
+        lines += ["", "One checkpoint, without a profile file (the notebook's own parameters):", "",
+                  "```bash",
+                  f"papermill notebooks/{notebook}.ipynb my_{notebook}.ipynb --cwd notebooks \\\n"
+                  "    -p model /path/to/checkpoint -p device cuda -p dtype bfloat16 \\\n"
+                  f"    -p out_dir results/my_checkpoint/{notebook}", "```"]
+    return "\n".join(lines + [":::"])
 
 
 def page_footer_markdown(notebook: str, profile: str, files: list[Path], too_big: list[Path]) -> str:
