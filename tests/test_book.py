@@ -126,6 +126,15 @@ def test_prepare_notebook(tmp_path):
     assert f"outputs in {NOTEBOOKS[0]};" in text and "model data/embedded_model" in text
     png = [c for c in shown["cells"] if "fig" == c["source"]][0]["outputs"][0]["data"]["image/png"]
     assert png == [c for c in nb["cells"] if "fig" == c["source"]][0]["outputs"][0]["data"]["image/png"]
+    whole = book.scrub_notebook(nb)
+    assert json.dumps(nb) == before and len(whole["cells"]) == len(nb["cells"]), "the download keeps every cell"
+    text = json.dumps(whole)
+    assert str(tmp_path) not in text and str(REPO_ROOT) not in text
+    assert f'out_dir = "{NOTEBOOKS[0]}"' in whole["cells"][2]["source"], "the injected parameters, paths shortened"
+    # base64 images are not text: a '/tmp/'-like run of characters in them is not a path
+    fake = {"cells": [{"cell_type": "code", "source": "", "metadata": {}, "outputs": [
+        {"output_type": "display_data", "metadata": {}, "data": {"image/png": "AAAA/tmp/BBBB/home/CC"}}]}]}
+    assert book.scrub_notebook(fake) == fake
 
 
 # ---- a page's data, verdicts and rerun box (no build) ----------------------------------------------------------

@@ -126,6 +126,20 @@ def prepare_notebook(nb: dict, repo_root: Path = REPO_ROOT) -> dict:
     return {**nb, "cells": cells, "metadata": _scrub(nb.get("metadata", {}), repo_root)}
 
 
+def scrub_notebook(nb: dict, repo_root: Path = REPO_ROOT) -> dict:
+    """The executed notebook `nb` whole (every cell, papermill's injected parameters included, inputs as they
+    are), with the building machine's absolute paths rewritten in sources, outputs and metadata, images left
+    byte for byte: what a reader downloads to rerun or read the page."""
+    cells = []
+    for cell in nb.get("cells", []):
+        cell = {**cell, "source": _scrub(cell.get("source", ""), repo_root),
+                "metadata": _scrub(cell.get("metadata", {}), repo_root)}
+        if "outputs" in cell:
+            cell["outputs"] = [_scrub_output(o, repo_root) for o in cell["outputs"]]
+        cells.append(cell)
+    return {**nb, "cells": cells, "metadata": _scrub(nb.get("metadata", {}), repo_root)}
+
+
 def copy_for_book(src: Path, dst: Path, repo_root: Path = REPO_ROOT) -> None:
     """Write the executed notebook `src` to `dst` as `prepare_notebook` makes it."""
     nb = json.loads(Path(src).read_text(encoding="utf-8"))
@@ -383,7 +397,7 @@ def write_pages(profile: str, notebooks_dir: Path, results_dir: Path, dst: Path)
         files, too_big = copy_page_data(results_dir / n, dst / n)
         shown = with_footer(prepare_notebook(nb), page_footer_markdown(n, profile, files, too_big))
         (dst / f"{n}.ipynb").write_text(json.dumps(shown, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        (dst / NOTEBOOK_DOWNLOADS / f"{n}.ipynb").write_text(json.dumps(_scrub(nb, REPO_ROOT), indent=1,
+        (dst / NOTEBOOK_DOWNLOADS / f"{n}.ipynb").write_text(json.dumps(scrub_notebook(nb), indent=1,
                                                                         ensure_ascii=False) + "\n", encoding="utf-8")
         try:
             verdicts = read_verdicts(results_dir / n / "verdicts.json")
