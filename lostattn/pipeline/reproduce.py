@@ -34,6 +34,7 @@ ever removed; a folder holding anything else is refused, never emptied.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -100,10 +101,15 @@ def record_duration(path: Path, cell: MatrixCell, seconds: float, per_cell: list
     """Add one finished run of `cell` to the durations file (its last run replaces the one before)."""
     data = load_durations(path)
     data[cell.label] = {"notebook": cell.notebook, "seconds": round(seconds, 1), "cells": per_cell}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)  # whole or not at all: two processes may finish cells at once
+    # Whole or not at all, each process through its own temporary file: cluster tasks finish cells at once (the
+    # last writer wins; a duration lost so only makes one ETA less informed).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as err:  # the cell itself succeeded: a read-only results folder must not fail it
+        print(f"note: durations not recorded in {path}: {err}", file=sys.stderr)
 
 
 def _estimate(cell: MatrixCell, history: dict[str, dict], done: dict[str, list[float]]) -> float | None:
