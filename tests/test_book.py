@@ -155,7 +155,8 @@ def test_copy_page_data(tmp_path, monkeypatch):
     (src / "big.bin").write_bytes(b"0" * 2048)
     monkeypatch.setattr(book, "MAX_DATA_BYTES", 1024)
     copied, too_big = book.copy_page_data(src, tmp_path / "copy")
-    assert [f.as_posix() for f in copied] == ["records/vanilla.jsonl", "table1.csv"] and too_big == [Path("big.bin")]
+    assert [f.as_posix() for f in copied] == ["records/vanilla.jsonl", "table1.csv", "verdicts.json"]
+    assert too_big == [Path("big.bin")], "the marker and the lock are bookkeeping, not data"
     assert str(tmp_path) not in (tmp_path / "copy" / "table1.csv").read_text()
     footer = book.page_footer_markdown(NOTEBOOKS[0], "tiny", copied, too_big)
     assert f"{{download}}`table1.csv <{NOTEBOOKS[0]}/table1.csv>`" in footer and "`big.bin`" in footer
@@ -348,7 +349,8 @@ def test_fixture_book(fixture_html):
     html = fixture_html[0]
     for n in _book_pages():
         links = {a.get_text(strip=True): a["href"] for a in pages[f"executed/{n}.html"].select("a.download")}
-        assert set(links) == {f"{n}.ipynb", "records/vanilla.jsonl", "table1.csv"}, links
+        wrote_verdicts = {"verdicts.json"} if n != NOTEBOOKS[NO_VERDICTS] else set()
+        assert set(links) == {f"{n}.ipynb", "records/vanilla.jsonl", "table1.csv"} | wrote_verdicts, links
         assert (html / "executed" / links["table1.csv"]).read_text().endswith(f"# from {n}\n")
     # the scorecard, read from the fixture verdicts
     card = pages["intro.html"].select_one("div.scorecard")

@@ -149,7 +149,7 @@ def copy_for_book(src: Path, dst: Path, repo_root: Path = REPO_ROOT) -> None:
 
 # ---- what each page wrote, and how to make it again ----------------------------------------------------------
 # Files of an output folder that are the pipeline's bookkeeping, not the page's data.
-_BOOKKEEPING = re.compile(r"^\.|\.lock$|^verdicts\.json$")
+_BOOKKEEPING = re.compile(r"^\.|\.lock$")
 # A data file larger than this stays out of the book (the page says so): the book is not the results archive.
 MAX_DATA_BYTES = 50 * 2**20
 _TEXT_DATA = {".csv", ".tsv", ".json", ".jsonl", ".txt", ".md", ".yaml", ".yml"}
