@@ -106,7 +106,7 @@ def record_duration(path: Path, cell: MatrixCell, seconds: float, per_cell: list
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
         tmp.replace(path)
     except OSError as err:  # the cell itself succeeded: a read-only results folder must not fail it
         print(f"note: durations not recorded in {path}: {err}", file=sys.stderr)
