@@ -167,6 +167,30 @@ def test_the_tables_in_a_terminal(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "tables" / "table1.csv").is_file(), "a relative --out is the caller's"
 
 
+def test_the_pages_words_and_figure(matrix):
+    """The page's sentence counts in the right number, and the Table 2 panel shows every model · benchmark row and
+    a scale wider than the 'barely changes' band even when every change is 0."""
+    assert ag.matrix_text(matrix).startswith("3 models × 2 benchmarks; ")
+    one = ag.Matrix(**{**matrix.__dict__, "models": ["tiny-a"], "benchmarks": ["synthetic"],
+                       "coverage": matrix.coverage.iloc[:1]})
+    assert re.fullmatch(r"1 model × 1 benchmark; [01] of 1 cell behind these tables (has|have) finished outputs",
+                        ag.matrix_text(one))
+    d = ag.sap_deltas(matrix)
+    assert set(d["condition"]) == {"gaussian_noise"}
+    syn = d[(d["model"] == "tiny-a") & (d["benchmark"] == "Synthetic")]["Δ"]
+    assert syn.tolist() == [pytest.approx(12.5)]  # (100·4 + 75·4)/8 − (100·4 + 50·4)/8
+    fig = ag.paper_tables_figure(matrix, barely=3.0)
+    t2_ax = [ax for ax in fig.get_axes() if ax.get_title().startswith("Table 2")][0]
+    labels = [t.get_text() for t in t2_ax.get_yticklabels()]
+    assert labels == [f"{m} · {b}" for m in ("tiny-a", "Qwen2.5-VL-3B-Instruct", "never-run")
+                      for b in ("Synthetic", "POPE")]
+    lo, hi = t2_ax.get_xlim()
+    assert lo == -hi and hi >= 12.5 and t2_ax.xaxis.label.get_fontsize() >= 9
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 # ---- every table checked: complete, parseable, its cell's key current -------------------------------------------
 @pytest.fixture
 def finished(tmp_path):

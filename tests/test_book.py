@@ -3,7 +3,8 @@ page, papermill's injected parameters cell gone, code collapsed, MathJax and eve
 or fullscreen button, the book's stylesheet linked, and the verdict box and tables of lostattn.pages.display rendered.
 
 The build runs on a copy of book/ in a temporary folder, from fixture notebooks shaped as papermill writes them
-(a few seconds), and, when `lostattn reproduce` has made results/tiny/, from the real executed notebooks too."""
+with fixture verdicts.json and data files (a few seconds), from the stored notebooks under notebooks/ (the real
+pages, always), and, when `lostattn reproduce` has made results/tiny/, from its executed notebooks too."""
 from __future__ import annotations
 
 import base64
@@ -125,6 +126,71 @@ def test_prepare_notebook(tmp_path):
     assert f"outputs in {NOTEBOOKS[0]};" in text and "model data/embedded_model" in text
     png = [c for c in shown["cells"] if "fig" == c["source"]][0]["outputs"][0]["data"]["image/png"]
     assert png == [c for c in nb["cells"] if "fig" == c["source"]][0]["outputs"][0]["data"]["image/png"]
+    whole = book.scrub_notebook(nb)
+    assert json.dumps(nb) == before and len(whole["cells"]) == len(nb["cells"]), "the download keeps every cell"
+    text = json.dumps(whole)
+    assert str(tmp_path) not in text and str(REPO_ROOT) not in text
+    assert f'out_dir = "{NOTEBOOKS[0]}"' in whole["cells"][2]["source"], "the injected parameters, paths shortened"
+    # base64 images are not text: a '/tmp/'-like run of characters in them is not a path
+    fake = {"cells": [{"cell_type": "code", "source": "", "metadata": {}, "outputs": [
+        {"output_type": "display_data", "metadata": {}, "data": {"image/png": "/tmp/AAAA+/home/CC"}}]}]}
+    assert book.scrub_notebook(fake)["cells"] == fake["cells"]
+
+
+# ---- a page's data, verdicts and rerun box (no build) ----------------------------------------------------------
+def test_read_verdicts(tmp_path):
+    f = tmp_path / "10_table1_rid_mixig" / "verdicts.json"
+    assert book.read_verdicts(f) is None, "a page without verdicts.json is not an error"
+    f.parent.mkdir()
+    f.write_text(json.dumps(FIXTURE_VERDICTS))
+    assert [v["outcome"] for v in book.read_verdicts(f)] == ["holds", "inconclusive", "does not hold"]
+    for bad in ("{not json", json.dumps({"claim": "x"}), json.dumps([dict(FIXTURE_VERDICTS[0], outcome="yes")])):
+        f.write_text(bad)
+        with pytest.raises(ValueError, match=r"verdicts\.json.*lostattn reproduce --force --only 10_table1_rid_mixig"):
+            book.read_verdicts(f)
+
+
+def test_copy_page_data(tmp_path, monkeypatch):
+    src = _results(tmp_path) / NOTEBOOKS[0]
+    (src / "big.bin").write_bytes(b"0" * 2048)
+    monkeypatch.setattr(book, "MAX_DATA_BYTES", 1024)
+    copied, too_big = book.copy_page_data(src, tmp_path / "copy")
+    assert [f.as_posix() for f in copied] == ["records/vanilla.jsonl", "table1.csv", "verdicts.json"]
+    assert too_big == [Path("big.bin")], "the marker and the lock are bookkeeping, not data"
+    assert str(tmp_path) not in (tmp_path / "copy" / "table1.csv").read_text()
+    footer = book.page_footer_markdown(NOTEBOOKS[0], "tiny", copied, too_big)
+    assert f"{{download}}`table1.csv <{NOTEBOOKS[0]}/table1.csv>`" in footer and "`big.bin`" in footer
+    assert book.copy_page_data(tmp_path / "absent", tmp_path / "copy2") == ([], [])
+
+
+def test_rerun_box_names_a_checkpoint_only_where_the_page_takes_one():
+    from lostattn.pipeline.profiles import notebook_parameters
+
+    for n in NOTEBOOKS:
+        box = book.rerun_markdown(n)
+        assert box.startswith(":::{admonition} Rerun this page") and box.endswith(":::")
+        assert f"lostattn reproduce --only {n}\n" in box and f"--config my_paper.yaml --only {n}\n" in box
+        takes_model = "model" in notebook_parameters(n)
+        assert ("-p model /path/to/checkpoint" in box) == takes_model, n
+        if takes_model:
+            assert f"-p out_dir results/my_checkpoint/{n}" in box
+    assert "papermill" not in book.rerun_markdown("30_paper_tables")  # it reads the matrix, not one checkpoint
+
+
+def test_scorecard_counts_and_grammar():
+    text = book.scorecard_markdown([("a", "Page A", FIXTURE_VERDICTS[:1]), ("b", "Page B", None)], "tiny")
+    assert text.startswith("Profile `tiny`: of 1 claim tested, 1 holds, 0 do not hold and 0 are inconclusive")
+    assert "1 of 2 pages wrote no verdicts: *Page B*." in text
+    assert '<a href="executed/a.html">Page A</a> <span class="tally">1 of 1 claim holds</span>' in text
+    assert "&lt;" in book.scorecard_markdown([("a", "A", [dict(FIXTURE_VERDICTS[0], claim="x < y")])], "tiny")
+
+
+def test_repository_url(monkeypatch):
+    monkeypatch.setenv("LOSTATTN_REPOSITORY_URL", "git@github.com:someone/lostattn.git")
+    assert book.repository_url() == "https://github.com/someone/lostattn"
+    monkeypatch.setenv("LOSTATTN_REPOSITORY_URL", "https://example.org/x/lostattn.git")
+    assert book.repository_url() == "https://example.org/x/lostattn"
+    assert "no `origin` remote" in book.source_markdown(None, "abc")
 
 
 # ---- the built book ------------------------------------------------------------------------------------------
@@ -152,12 +218,39 @@ def _digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _build(tmp: Path, notebooks: Path) -> Path:
+def _build(tmp: Path, notebooks: Path, results: Path | None = None) -> Path:
     executed = _digest(notebooks)
     bdir = _book_copy(tmp)
-    assert book.build_book_html("tiny", book_dir=bdir, notebooks_dir=notebooks) == 0
+    assert book.build_book_html("tiny", book_dir=bdir, notebooks_dir=notebooks, results_dir=results) == 0
     assert _digest(notebooks) == executed, "the build changes its copies only"
     return bdir / "_build" / "html"
+
+
+def _verdict(claim: str, outcome: str, **kw) -> dict:
+    return {"page": "", "claim": claim, "scope": "all tokens", "outcome": outcome, "estimate": 0.41, "low": 0.3,
+            "high": 0.52, "unit": "", "n": 40, "n_needed": None, **kw}
+
+
+# The fixture run's verdicts: every outcome once, and one page (the third) that wrote no verdicts.json.
+FIXTURE_VERDICTS = [_verdict("Attention mixes tokens", "holds"),
+                    _verdict("SAP barely changes accuracy", "inconclusive", unit="points", n_needed=400),
+                    _verdict("Attention's RID is near ε_RoPE", "does not hold")]
+NO_VERDICTS = 2
+
+
+def _results(tmp: Path) -> Path:
+    """An output folder per page as reproduce leaves them: data, a marker, a lock, verdicts (not on one page)."""
+    res = tmp / "results"
+    for i, n in enumerate(NOTEBOOKS):
+        d = res / n
+        (d / "records").mkdir(parents=True)
+        (d / "table1.csv").write_text(f"module,RID\nAttention,0.2\n# from {tmp}/results/{n}\n")
+        (d / "records" / "vanilla.jsonl").write_text('{"id": 1}\n')
+        (d / ".lostattn.json").write_text("{}")
+        (d / "table1.lock").write_text("")
+        if i != NO_VERDICTS:
+            (d / "verdicts.json").write_text(json.dumps([dict(v, page=n) for v in FIXTURE_VERDICTS[: i % 3 + 1]]))
+    return res
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +260,7 @@ def fixture_html(tmp_path_factory):
     nbs.mkdir()
     for i, name in enumerate(NOTEBOOKS):
         (nbs / f"{name}.ipynb").write_text(json.dumps(_executed_notebook(name, tmp, math=i % 2 == 0)))
-    return _build(tmp, nbs), tmp
+    return _build(tmp, nbs, _results(tmp)), tmp
 
 
 def _book_pages() -> list[str]:
@@ -205,9 +298,31 @@ def _check_book(html: Path, tmp: Path) -> dict:
         assert "toggleFullScreen" not in str(soup), name
         css = [link.get("href", "") for link in soup.find_all("link", rel="stylesheet")]
         assert any("_static/lostattn.css" in h for h in css), f"{name} does not link lostattn.css"
+    assert not (html / "genindex.html").exists(), "an empty general index page"
+    assert not any(a.get("href", "").endswith("genindex.html") for soup in pages.values() for a in soup.find_all("a"))
+    intro = pages["intro.html"]
+    assert intro.find("a", href="https://arxiv.org/abs/2605.05668")
+    assert intro.find("a", href="https://github.com/Lrbomchz/vlms_lost_in_attn")
+    assert re.search(r"This book.s code: .* commit", intro.get_text())
+    card = intro.select_one("div.scorecard table")
+    assert card is not None, "the landing page has no scorecard"
+    assert [a["href"] for a in card.select("tr.page a")] == [f"executed/{n}.html" for n in NOTEBOOKS]
+    framework = pages["framework.html"].get_text()
+    assert "<|vision_start|>" in framework and "<|image_pad|>" in framework and "paper\\_text" not in framework
     for n in shown:
         soup = pages[f"executed/{n}.html"]
         assert not soup.select(".tag_injected-parameters") and "# Parameters" not in soup.get_text(), n
+        rerun = soup.select_one("div.admonition.rerun")
+        assert rerun is not None, f"{n}: no rerun box"
+        commands = [c.get_text() for c in rerun.select("pre")]
+        assert f"lostattn reproduce --only {n}" in commands[0], n
+        assert f"lostattn reproduce --profile paper --config my_paper.yaml --only {n}" in commands[1], n
+        downloads = {a.get_text(strip=True): a["href"] for a in soup.select("a.download")}
+        assert f"{n}.ipynb" in downloads, f"{n}: no notebook download"
+        for href in downloads.values():
+            assert (html / "executed" / href).resolve().is_file(), f"{n}: {href} is not in the built book"
+        whole = json.loads((html / "executed" / downloads[f"{n}.ipynb"]).read_text())
+        assert len(whole["cells"]) >= len([c for c in soup.select("div.cell")]), "the download is the whole notebook"
         inputs = soup.select("div.cell div.cell_input")
         assert inputs, f"{n}: no code cells"
         for ci in inputs:
@@ -230,6 +345,25 @@ def test_fixture_book(fixture_html):
         assert tables[0].caption.get_text() == f"Accuracy ({n})"  # the out_dir outside the repository, by name
         assert soup.select("div.cell.tag_hide-cell details"), f"{n}: a cell tagged hide-cell lost its toggle"
     assert pages["executed/01_embedded_model.html"].select(".math")  # MathJax checked on a page that has math
+    # the data each page wrote: downloadable, paths scrubbed, bookkeeping (marker, lock, verdicts) left out
+    html = fixture_html[0]
+    for n in _book_pages():
+        links = {a.get_text(strip=True): a["href"] for a in pages[f"executed/{n}.html"].select("a.download")}
+        wrote_verdicts = {"verdicts.json"} if n != NOTEBOOKS[NO_VERDICTS] else set()
+        assert set(links) == {f"{n}.ipynb", "records/vanilla.jsonl", "table1.csv"} | wrote_verdicts, links
+        assert (html / "executed" / links["table1.csv"]).read_text().endswith(f"# from {n}\n")
+    # the scorecard, read from the fixture verdicts
+    card = pages["intro.html"].select_one("div.scorecard")
+    outcomes = [td.get_text() for td in card.select("td.outcome")]
+    wrote = [i % 3 + 1 for i in range(len(NOTEBOOKS)) if i != NO_VERDICTS]
+    assert len(outcomes) == sum(wrote)
+    assert outcomes.count("holds") == len(wrote) and outcomes.count("does not hold") == wrote.count(3)
+    assert "0.41 [0.3, 0.52] points" in card.get_text() and "40 (≈400 needed)" in card.get_text()
+    missing = card.select("td.no-verdicts")
+    assert len(missing) == 1 and f"--only {NOTEBOOKS[NO_VERDICTS]}" in missing[0].get_text()
+    summary = pages["intro.html"].get_text()
+    assert f"of {sum(wrote)} claims tested, {len(wrote)} hold" in summary
+    assert f"1 of {len(NOTEBOOKS)} pages wrote no verdicts" in summary
 
 
 def test_stylesheet_rules():
@@ -239,6 +373,29 @@ def test_stylesheet_rules():
     assert "text-align: right" in rule("table.lostattn td.num")
     assert "max-width: 100%" in rule("div.cell_output img")
     assert "div.admonition.verdict" in css
+    # nothing cut off: outputs and display formulas scroll in their box, column names break, figures on a phone
+    # keep a legible width in a box that scrolls
+    assert "overflow-x: auto" in rule(".bd-article div.math")
+    assert "overflow-wrap: anywhere" in rule("table.lostattn thead th")
+    assert "white-space: normal" in rule("table.lostattn thead th.num")
+    phone = css[css.index("@media (max-width: 640px) {\n  div.cell_output:has(> img)"):]
+    assert "overflow-x: auto" in phone.split("}")[0] and "width: 640px" in phone.split("}")[1]
+
+
+def test_real_book_from_the_stored_notebooks(tmp_path):
+    """The book a reader gets, from the real pages (the stored notebooks' outputs), in a few seconds."""
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    for n in NOTEBOOKS:
+        shutil.copy2(REPO_ROOT / "notebooks" / f"{n}.ipynb", nbs)
+    pages = _check_book(_build(tmp_path, nbs, tmp_path / "results"), tmp_path)
+    for n in _book_pages():
+        soup = pages[f"executed/{n}.html"]
+        assert soup.find("h1"), f"{n}: no title"
+        assert soup.select("div.cell_output"), f"{n}: no outputs: the stored notebook was not executed"
+        assert f"results/tiny/{n}/ folder was empty or absent" in soup.get_text()  # no results folder given
+    card = pages["intro.html"].select("div.scorecard td.no-verdicts")
+    assert len(card) == len(NOTEBOOKS), "no page wrote verdicts here, and the scorecard says so for each"
 
 
 @pytest.mark.skipif(not all((RESULTS_DIR / "tiny" / "notebooks" / f"{n}.ipynb").is_file() for n in NOTEBOOKS),
@@ -249,4 +406,4 @@ def test_real_book(tmp_path):
     nbs.mkdir()
     for n in NOTEBOOKS:
         shutil.copy2(RESULTS_DIR / "tiny" / "notebooks" / f"{n}.ipynb", nbs)
-    _check_book(_build(tmp_path, nbs), tmp_path)
+    _check_book(_build(tmp_path, nbs, RESULTS_DIR / "tiny"), tmp_path)

@@ -388,7 +388,7 @@ def test_the_paper_profile_is_the_papers_matrix():
 
 
 # ---- progress --------------------------------------------------------------------------------------------------
-def test_a_line_per_code_cell_and_encrypted_kernels():
+def test_a_line_per_code_cell_named_by_what_it_does_and_encrypted_kernels():
     import io
 
     import nbformat
@@ -397,22 +397,96 @@ def test_a_line_per_code_cell_and_encrypted_kernels():
     done = []
     p = execute.NotebookProgress(out, on_cell_done=lambda: done.append(1))
     nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_markdown_cell("# a section"),
+        nbformat.v4.new_code_cell("# papermill parameters\nx = 1", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("import numpy as np\nfrom a import (b,\n  c)\nmetrics = compute(x)\nshow()"),
+        nbformat.v4.new_markdown_cell("# Title\n\ntext\n\n## Table 2: *replacing* attention"),
+        nbformat.v4.new_code_cell("# Score every SAP condition on each benchmark\nmain = conditions_of(p)"),
+        nbformat.v4.new_code_cell("# NBVAL_IGNORE_OUTPUT\nscores = harness.evaluate(model, f(x))"),
         nbformat.v4.new_code_cell("display(table(t))")])
     p.begin(nb)
     for c in nb.cells:
         p.start(c)
         p.end(c, failed=c.source.startswith("display"))
     lines = out.getvalue().splitlines()
-    assert len(lines) == 2 and len(done) == 2
-    assert re.fullmatch(r" +\[1/2\] metrics = compute\(x\) \.\.\. \d+\.\ds", lines[0])
-    assert re.fullmatch(r" +\[2/2\] display\(table\(t\)\) \.\.\. FAILED after \d+\.\ds", lines[1])
+    assert len(lines) == 4 and len(done) == 4 and len(p.seconds) == 4
+    # no comment and no heading above it: its first assignment after the imports
+    assert re.fullmatch(r" +\[1/4\] metrics = compute\(x\) \.\.\. \d+\.\ds", lines[0])
+    # its first comment line, not its code
+    assert re.fullmatch(r" +\[2/4\] Score every SAP condition on each benchmark \.\.\. \d+\.\ds", lines[1])
+    # no comment (an nbval directive is none): the heading of its section, and what it computes, as a cell beside
+    # it shares the heading; a cell that only shows keeps the heading alone
+    assert re.fullmatch(r" +\[3/4\] Table 2: replacing attention \(evaluate\) \.\.\. \d+\.\ds", lines[2])
+    assert re.fullmatch(r" +\[4/4\] Table 2: replacing attention \.\.\. FAILED after \d+\.\ds", lines[3])
     import zmq
 
     if zmq.has("curve"):
         assert execute._kernel_config().KernelManager.transport_encryption == "auto"
+
+
+def test_a_long_cell_reports_while_it_runs():
+    import io
+
+    import nbformat
+
+    out = io.StringIO()
+    p = execute.NotebookProgress(out, expected=[12.0], heartbeat=0.05)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("# Evaluate the model\nrun()")])
+    p.begin(nb)
+    p.start(nb.cells[0])
+    time.sleep(0.18)
+    p.end(nb.cells[0])
+    lines = out.getvalue().splitlines()
+    beats = [ln for ln in lines if "still running" in ln]
+    assert lines[0] == "    [1/1] Evaluate the model " and 2 <= len(beats) <= 4, lines
+    assert all(re.fullmatch(r" +still running: 0s \(took 12s last run\)", b) for b in beats), beats
+    assert re.fullmatch(r" +\[1/1\] \.\.\. 0\.\ds", lines[-1]), lines
+    time.sleep(0.12)
+    assert out.getvalue().count("still running") == len(beats), "the reports stop when the cell ends"
+
+
+def test_eta_from_durations_measured_by_earlier_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
+    cfg = write_profile(tmp_path, {"common": {"seed": 0}, "models": [{"name": "embedded"}],
+                                   "benchmarks": [{"name": "synthetic", "samples_per_family": 1}],
+                                   "run": ["10_table1_rid_mixig", "20_table2_sap"]})
+    prof = profiles.load_profile("matrix", cfg)
+    cells = planning.plan(prof)
+    path = rp._durations_path(prof)
+    assert path == tmp_path / "results" / "matrix" / "durations.json" and rp.load_durations(path) == {}
+    # never timed: no invented number
+    assert rp._eta_text([rp._estimate(c, {}, {}) for c in cells]) == "ETA unknown (no earlier run timed these cells)"
+    rp.record_duration(path, cells[0], 780.04, [1.0, 779.0])
+    history = rp.load_durations(path)
+    assert history[cells[0].label] == {"notebook": cells[0].notebook, "seconds": 780.0, "cells": [1.0, 779.0]}
+    ests = [rp._estimate(c, history, {}) for c in cells]
+    assert ests == [780.0, None] and rp._eta_text(ests) == "ETA 13m00s + 1 cell(s) never timed"
+    # this run's measured cells of the same notebook stand in for a cell never timed itself
+    assert rp._estimate(cells[1], history, {cells[1].notebook: [60.0, 120.0]}) == 90.0
+    path.write_text("not json")
+    assert rp.load_durations(path) == {}
+
+
+def test_reproduce_records_durations_and_uses_them(tmp_path, monkeypatch):
+    calls = []
+
+    def run(cell, progress=None):
+        fake_run(calls)(cell)
+        progress.seconds = [0.5, 2.0]
+
+    monkeypatch.setattr(rp, "run_notebook", run)
+    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
+    cfg = write_profile(tmp_path, {"common": {"seed": 0}, "models": [{"name": "embedded"}],
+                                   "benchmarks": [{"name": "synthetic", "samples_per_family": 1}],
+                                   "run": ["10_table1_rid_mixig"]})
+    assert rp.reproduce("matrix", config=str(cfg), build_book=False) == 0
+    prof = profiles.load_profile("matrix", cfg)
+    history = rp.load_durations(rp._durations_path(prof))
+    (cell,) = planning.plan(prof)
+    assert history[cell.label]["cells"] == [0.5, 2.0] and history[cell.label]["seconds"] >= 0
+    seen = []
+    monkeypatch.setattr(rp, "_run_cell", lambda c, key, expected=None, durations_file=None: seen.append(expected))
+    assert rp.reproduce("matrix", config=str(cfg), build_book=False, force=True) == 0
+    assert seen == [[0.5, 2.0]], "the next run's progress lines know each code cell's last duration"
 
 
 # ---- end to end: a small matrix on CPU, killed and resumed ---------------------------------------------------------
@@ -522,7 +596,7 @@ def test_a_matrix_runs_end_to_end_and_resumes_after_a_kill(tmp_path, checkpoints
     _kill_tree(proc)
     out, err = proc.communicate()
     assert victim is not None, f"no cell was caught mid-run:\n{out[-3000:]}\n{err[-3000:]}"
-    assert "ETA" in out and re.search(r"^ +\[1/\d+\] run = start\(", out, re.M), out[-2000:]
+    assert "ETA" in out and re.search(r"^ +\[1/\d+\] \S", out, re.M), out[-2000:]
     assert "without encryption" not in err, "the kernel's TCP warning reached the terminal"
     kept = {f.name: _complete_lines(f) for f in _records(victim.out_dir)}
     finished = {c.number: c.out_nb.stat().st_mtime_ns for c in cells if c.key_file.is_file()}

@@ -323,6 +323,85 @@ def table2_layout(m: Matrix) -> pd.DataFrame:
     return out
 
 
+# ---- the page's figure and words -----------------------------------------------------------------------------------
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def matrix_text(m: Matrix) -> str:
+    """'3 models × 2 benchmarks; 12 of 12 cells ... finished': the matrix behind the tables, in words."""
+    done = int((m.coverage["state"] == "done").sum())
+    return (f"{_count(len(m.models), 'model', 'models')} × {_count(len(m.benchmarks), 'benchmark', 'benchmarks')}; "
+            f"{done} of {_count(len(m.coverage), 'cell', 'cells')} behind these tables "
+            f"{'has' if done == 1 else 'have'} finished outputs")
+
+
+def sap_deltas(m: Matrix) -> pd.DataFrame:
+    """Table 2's change under SAP: per model, whole benchmark and SAP mode, accuracy minus the vanilla accuracy
+    (Δ, points); columns model, benchmark, condition, accuracy, Δ."""
+    s = table2_scores(m)
+    whole = s[~s["benchmark"].str.contains("≈")].copy()
+    base = whole[whole["condition"] == "vanilla"].set_index(["model", "benchmark"])["accuracy"]
+    whole["Δ"] = [a - base.get((mo, b), np.nan) for mo, b, a in zip(whole["model"], whole["benchmark"],
+                                                                      whole["accuracy"])]
+    modes = [c for c in m.conditions if c not in BASE_CONDITIONS]
+    return whole[whole["condition"].isin(modes)][["model", "benchmark", "condition", "accuracy", "Δ"]]
+
+
+def paper_tables_figure(m: Matrix, barely: float | None = None):
+    """The page's figure: Table 1's RID and MixIG per module (the paper's mean over 15 LVLMs, ours over models,
+    one dot per model) above Table 2's Δ accuracy under each SAP mode, one row per model · benchmark, on a scale
+    that shows the ±`barely` band (the verdicts' 'barely changes', BARELY_POINTS) even when every Δ is 0."""
+    import matplotlib.pyplot as plt
+
+    from lostattn.pages.display import PAGE_WIDTH_IN, legend_below
+    from lostattn.paper.verdicts import BARELY_POINTS
+
+    barely = BARELY_POINTS if barely is None else barely
+    per = table1_per_model(m)
+    per = per[per["module"] != EPS]
+    mean = table1_mean(m)
+    mean = mean[mean["module"] != EPS]
+    d = sap_deltas(m)
+    rows = list(dict.fromkeys(f"{a} · {b}" for a, b in zip(d["model"], d["benchmark"])))
+    fig = plt.figure(figsize=(PAGE_WIDTH_IN, 2.8 + 0.6 + 0.28 * max(len(rows), 3)), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.8, 0.6 + 0.28 * max(len(rows), 3)])
+    modules = list(mean["module"])
+    x = np.arange(len(modules))
+    axes = list(top.subplots(1, 2))
+    for ax, col in zip(axes, ("RID", "MixIG")):
+        if col not in mean:
+            ax.set_visible(False)
+            continue
+        paper_col = mean[f"{col} paper"] if f"{col} paper" in mean else pd.Series(np.nan, index=mean.index)
+        ax.bar(x - 0.2, paper_col.fillna(0), width=0.4, color="0.75", label="paper (mean of 15 LVLMs)")
+        ax.bar(x + 0.2, mean[col], width=0.4, color="tab:blue", label=f"this run ({MEAN})")
+        for j, (_, g) in enumerate(per.groupby("model", sort=False)):
+            g = g.set_index("module").reindex(modules)
+            ax.scatter(x + 0.2, g[col], s=14, color="black", zorder=3, label="one model" if j == 0 else None)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_xticks(x, modules, rotation=30, ha="right", fontsize=9)
+        ax.set(title=f"Table 1: {col}", ylabel=col)
+    ax = bottom.subplots()
+    markers = "osD^v<>"
+    modes = list(dict.fromkeys(d["condition"]))
+    ax.axvspan(-barely, barely, color="tab:green", alpha=0.12, lw=0, label=f"±{barely:g} points ('barely changes')")
+    ax.axvline(0, color="0.4", lw=0.8)
+    for j, mode in enumerate(modes):
+        g = d[d["condition"] == mode]
+        y = [rows.index(f"{a} · {b}") + (j - (len(modes) - 1) / 2) * 0.18 for a, b in zip(g["model"], g["benchmark"])]
+        ax.scatter(g["Δ"], y, s=30, marker=markers[j % len(markers)], zorder=3, label=mode)
+    ax.set_yticks(range(len(rows)), rows, fontsize=9)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    span = max(barely * 2, float(np.nanmax(np.abs(d["Δ"]))) * 1.15 if d["Δ"].notna().any() else 0)
+    ax.set_xlim(-span, span)
+    ax.set_xlabel("Δ accuracy, SAP minus vanilla (points)", fontsize=10)
+    ax.set_title("Table 2: SAP minus vanilla, per model · benchmark")
+    ax.grid(axis="x", color="0.9")
+    legend_below(fig, [*axes, ax], ncol=3)
+    return fig
+
+
 # ---- coverage, saving ----------------------------------------------------------------------------------------------
 def coverage_counts(m: Matrix) -> pd.DataFrame:
     """How many cells of each table are in each state."""
@@ -359,9 +438,7 @@ def print_tables(profile: str = "tiny", config: str | Path | None = None, result
     # From a command line, relative paths are the caller's (the notebook takes the repository's).
     config, results, out_dir = (Path(p).resolve() if p is not None else None for p in (config, results, out_dir))
     m = collect(profile, config, results)
-    done = int((m.coverage["state"] == "done").sum())
-    print(f"profile {m.profile}: {len(m.models)} models × {len(m.benchmarks)} benchmarks; {done} of "
-          f"{len(m.coverage)} cells behind these tables have finished outputs\n")
+    print(f"profile {m.profile}: {matrix_text(m)}\n")
     missing = m.coverage[m.coverage["state"] != "done"]
     if len(missing):
         print(repr(table(missing, caption="Cells left out of the tables (shown as —)")), "\n")

@@ -2,12 +2,16 @@
 
 The executed notebooks are copied into book/executed/ as a reader should see them (`prepare_notebook`): papermill's
 injected-parameters cell dropped, every code cell's input collapsed behind a toggle, and the building machine's
-absolute paths in outputs and metadata rewritten (`scrub_paths`). The notebooks under notebooks/ and the executed
-ones under results/ are never changed.
+absolute paths in outputs and metadata rewritten (`scrub_paths`). Each page then ends with what it wrote and how to
+make it again (`page_footer_markdown`): its tables, records and figures and its executed notebook, copied into the
+book so that they download offline, and the command that reruns it. The landing page's scorecard
+(`scorecard_markdown`, book/executed/scorecard.md, included by book/intro.md) is read from the verdicts.json each
+results page writes. The notebooks under notebooks/ and the executed ones under results/ are never changed.
 """
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import re
@@ -123,11 +127,240 @@ def prepare_notebook(nb: dict, repo_root: Path = REPO_ROOT) -> dict:
     return {**nb, "cells": cells, "metadata": _scrub(nb.get("metadata", {}), repo_root)}
 
 
+def scrub_notebook(nb: dict, repo_root: Path = REPO_ROOT) -> dict:
+    """The executed notebook `nb` whole (every cell, papermill's injected parameters included, inputs as they
+    are), with the building machine's absolute paths rewritten in sources, outputs and metadata, images left
+    byte for byte: what a reader downloads to rerun or read the page."""
+    cells = []
+    for cell in nb.get("cells", []):
+        cell = {**cell, "source": _scrub(cell.get("source", ""), repo_root),
+                "metadata": _scrub(cell.get("metadata", {}), repo_root)}
+        if "outputs" in cell:
+            cell["outputs"] = [_scrub_output(o, repo_root) for o in cell["outputs"]]
+        cells.append(cell)
+    return {**nb, "cells": cells, "metadata": _scrub(nb.get("metadata", {}), repo_root)}
+
+
 def copy_for_book(src: Path, dst: Path, repo_root: Path = REPO_ROOT) -> None:
     """Write the executed notebook `src` to `dst` as `prepare_notebook` makes it."""
     nb = json.loads(Path(src).read_text(encoding="utf-8"))
     Path(dst).write_text(json.dumps(prepare_notebook(nb, repo_root), indent=1, ensure_ascii=False) + "\n",
                          encoding="utf-8")
+
+
+# ---- what each page wrote, and how to make it again ----------------------------------------------------------
+# Files of an output folder that are the pipeline's bookkeeping, not the page's data.
+_BOOKKEEPING = re.compile(r"^\.|\.lock$")
+# A data file larger than this stays out of the book (the page says so): the book is not the results archive.
+MAX_DATA_BYTES = 50 * 2**20
+_TEXT_DATA = {".csv", ".tsv", ".json", ".jsonl", ".txt", ".md", ".yaml", ".yml"}
+NOTEBOOK_DOWNLOADS = "_notebooks"  # book/executed/_notebooks/<notebook>.ipynb: the executed notebooks, whole
+
+
+def page_title(nb: dict, default: str) -> str:
+    """The notebook's first markdown heading (its page title in the book), else `default`."""
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            for line in "".join(cell.get("source", "")).splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip()
+    return default
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{max(1, round(n / 1024))} KB"
+
+
+def copy_page_data(src: Path, dst: Path, repo_root: Path = REPO_ROOT) -> tuple[list[Path], list[Path]]:
+    """Copy the data a page wrote (its output folder `src`: tables, records, figures) to `dst`, text files with the
+    building machine's paths rewritten (`scrub_paths`); returns (copied files relative to `dst`, files left out as
+    larger than MAX_DATA_BYTES, relative to `src`). Bookkeeping files (markers, locks) are not data."""
+    copied, too_big = [], []
+    if not Path(src).is_dir():
+        return copied, too_big
+    for f in sorted(Path(src).rglob("*")):
+        rel = f.relative_to(src)
+        if not f.is_file() or any(_BOOKKEEPING.search(part) for part in rel.parts):
+            continue
+        if f.stat().st_size > MAX_DATA_BYTES:
+            too_big.append(rel)
+            continue
+        out = Path(dst) / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if f.suffix in _TEXT_DATA:
+            out.write_text(scrub_paths(f.read_text(encoding="utf-8", errors="replace"), repo_root), encoding="utf-8")
+        else:
+            shutil.copy2(f, out)
+        copied.append(rel)
+    return copied, too_big
+
+
+def rerun_markdown(notebook: str) -> str:
+    """The 'rerun this page' box: the commands that make this page again, on the embedded model and on the
+    reader's own checkpoints (a profile file naming their folders)."""
+    lines = [
+        ":::{admonition} Rerun this page", ":class: rerun", "",
+        "On the embedded model (the `tiny` profile: CPU, offline), from the repository root:", "",
+        "```bash", f"lostattn reproduce --only {notebook}", "```", "",
+        "On your own checkpoints and benchmark files: copy `profiles/paper.yaml` to `my_paper.yaml`, set each "
+        "model's `path:` to a local checkpoint folder and each benchmark's `data:` to its files, then run this page "
+        "for every model, or for one model by its `name:` in that file:", "",
+        "```bash",
+        f"lostattn reproduce --profile paper --config my_paper.yaml --only {notebook}",
+        f"lostattn reproduce --profile paper --config my_paper.yaml --only {notebook} --model Qwen2.5-VL-7B-Instruct",
+        "```", "",
+        "Finished cells are skipped; `--plan` lists the cells and the command of each ([Rerunning on a GPU]"
+        "(../rerun_gpu))."]
+    if {"model", "device", "dtype"} <= set(profiles.notebook_parameters(notebook)):
+        lines += ["", "One checkpoint, without a profile file (the notebook's own parameters):", "",
+                  "```bash",
+                  f"papermill notebooks/{notebook}.ipynb my_{notebook}.ipynb --cwd notebooks \\\n"
+                  "    -p model /path/to/checkpoint -p device cuda -p dtype bfloat16 \\\n"
+                  f"    -p out_dir results/my_checkpoint/{notebook}", "```"]
+    return "\n".join(lines + [":::"])
+
+
+def page_footer_markdown(notebook: str, profile: str, files: list[Path], too_big: list[Path]) -> str:
+    """The section that ends a results page: links to the data it wrote (`files`, under executed/<notebook>/) and
+    to its executed notebook, both downloadable from the book, and the rerun box."""
+    lines = ["## This page's data, notebook and command", ""]
+    nb_link = f"{{download}}`{notebook}.ipynb <{NOTEBOOK_DOWNLOADS}/{notebook}.ipynb>`"
+    lines += [f"- The executed notebook behind this page (profile `{profile}`): {nb_link}"]
+    if files:
+        lines += [f"- What it wrote (results/{profile}/{notebook}/):"]
+        lines += [f"  - {{download}}`{f.as_posix()} <{notebook}/{f.as_posix()}>`" for f in files]
+    else:
+        lines += [f"- No data files: this build's results/{profile}/{notebook}/ folder was empty or absent."]
+    if too_big:
+        lines += [f"- Left out of the book as larger than {_size(MAX_DATA_BYTES)} (find them under "
+                  f"results/{profile}/{notebook}/): " + ", ".join(f"`{f.as_posix()}`" for f in too_big)]
+    return "\n".join(lines + ["", rerun_markdown(notebook)])
+
+
+def with_footer(nb: dict, footer: str) -> dict:
+    """`nb` with a markdown cell `footer` appended."""
+    cell = {"cell_type": "markdown", "id": "lostattn-page-footer", "metadata": {}, "source": footer}
+    return {**nb, "cells": [*nb.get("cells", []), cell]}
+
+
+# ---- the landing page's scorecard ----------------------------------------------------------------------------
+OUTCOMES = ("holds", "does not hold", "inconclusive")
+VERDICT_FIELDS = ("claim", "scope", "outcome", "estimate", "low", "high", "unit", "n", "n_needed")
+
+
+def repository_url(root: Path = REPO_ROOT) -> str | None:
+    """The web address of the clone the book is built from: $LOSTATTN_REPOSITORY_URL, else its `origin` remote
+    (an ssh address rewritten as https), else None."""
+    url = os.environ.get("LOSTATTN_REPOSITORY_URL")
+    if not url:
+        try:
+            url = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root, capture_output=True, text=True,
+                                 timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            url = ""
+    m = re.fullmatch(r"git@([^:]+):(.+?)(\.git)?", url or "")
+    if m:
+        url = f"https://{m.group(1)}/{m.group(2)}"
+    url = re.sub(r"\.git$", "", url or "")
+    return url if url.startswith(("https://", "http://")) else None
+
+
+def _short(commit: str) -> str:
+    sha, _, dirty = commit.partition("+")
+    return sha[:12] + (f"+{dirty}" if dirty else "")
+
+
+def source_markdown(url: str | None, commit: str) -> str:
+    """The line naming the code this book was built from: its repository's address and commit."""
+    if url:
+        return f"This book's code: [{url}]({url}), commit `{commit}`."
+    return (f"This book's code: the `lostattn` repository at commit `{commit}` (the clone it was built from has no "
+            f"`origin` remote; set LOSTATTN_REPOSITORY_URL to link it here).")
+
+
+def read_verdicts(path: Path) -> list[dict] | None:
+    """The verdicts a results page wrote (its verdicts.json: a list of {page, claim, scope, outcome, estimate,
+    low, high, unit, n, n_needed}); None when the page wrote none. A file that is not such a list is refused."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not JSON ({err}); rerun its page with `lostattn reproduce --force --only "
+                         f"{path.parent.name}`") from None
+    bad = [i for i, v in enumerate(data if isinstance(data, list) else [None])
+           if not isinstance(v, dict) or v.get("outcome") not in OUTCOMES or not v.get("claim")]
+    if not isinstance(data, list) or bad:
+        raise ValueError(f"{path}: entry {bad[0] if bad else 0} is not a verdict (a claim and an outcome among "
+                         f"{OUTCOMES}); rerun its page with `lostattn reproduce --force --only {path.parent.name}`")
+    return data
+
+
+def _number(x) -> str:
+    if x is None or (isinstance(x, float) and x != x):
+        return ""
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+
+def _estimate_text(v: dict) -> str:
+    """'0.192 [0.15, 0.23] points': the estimate with its interval, in its unit."""
+    est, lo, hi = (_number(v.get(k)) for k in ("estimate", "low", "high"))
+    text = est + (f" [{lo}, {hi}]" if lo and hi else "")
+    unit = v.get("unit") or ""
+    return f"{text} {unit}".strip() if text else ""
+
+
+def _n_text(v: dict) -> str:
+    n, need = _number(v.get("n")), _number(v.get("n_needed"))
+    if v.get("outcome") == "inconclusive" and need:
+        return f"{n} (≈{need} needed)" if n else f"≈{need} needed"
+    return n
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def scorecard_markdown(pages: list[tuple[str, str, list[dict] | None]], profile: str) -> str:
+    """The landing page's scorecard: for each results page (notebook, title, its verdicts or None) a header row
+    linking the page, then a row per claim it tests with its scope, the outcome, the estimate with its interval
+    and n, as an HTML table of four columns (it scrolls sideways in its box when a phone is narrower); a page that
+    wrote no verdicts.json is listed and says so."""
+    e = html.escape
+    counts = {o: 0 for o in OUTCOMES}
+    rows = []
+    for notebook, title, verdicts in pages:
+        link = f'<a href="executed/{e(notebook)}.html">{e(title)}</a>'
+        if verdicts is None:
+            rows.append(f'<tr class="page"><th colspan="4">{link}</th></tr><tr><td colspan="4" class="no-verdicts">'
+                        f"no verdicts.json: this page wrote no verdicts in this build (rerun it: "
+                        f"<code>lostattn reproduce --only {e(notebook)}</code>)</td></tr>")
+            continue
+        held = sum(v["outcome"] == "holds" for v in verdicts)
+        rows.append(f'<tr class="page"><th colspan="4">{link} <span class="tally">{held} of '
+                    f"{_plural(len(verdicts), 'claim', 'claims')} {'holds' if held == 1 else 'hold'}</span></th></tr>")
+        if not verdicts:
+            rows.append('<tr><td colspan="4" class="no-verdicts">tests no claim on this run</td></tr>')
+        for v in verdicts:
+            counts[v["outcome"]] += 1
+            scope = f'<br><span class="scope">{e(str(v["scope"]))}</span>' if v.get("scope") else ""
+            rows.append(f"<tr><td>{e(str(v['claim']))}{scope}</td>"
+                        f'<td class="outcome {v["outcome"].replace(" ", "-")}">{e(v["outcome"])}</td>'
+                        f'<td class="num">{e(_estimate_text(v))}</td><td class="num">{e(_n_text(v))}</td></tr>')
+    missing = [t for _, t, v in pages if v is None]
+    summary = (f"Profile `{profile}`: of {_plural(sum(counts.values()), 'claim', 'claims')} tested, "
+               f"{counts['holds']} {'holds' if counts['holds'] == 1 else 'hold'}, {counts['does not hold']} "
+               f"{'does' if counts['does not hold'] == 1 else 'do'} not hold and {counts['inconclusive']} "
+               f"{'is' if counts['inconclusive'] == 1 else 'are'} inconclusive on this run.")
+    if missing:
+        summary += (f" {len(missing)} of {len(pages)} pages wrote no verdicts: "
+                    + ", ".join(f"*{t}*" for t in missing) + ".")
+    head = ('<thead><tr><th>claim (scope)</th><th>outcome</th><th class="num">estimate [interval]</th>'
+            '<th class="num">n</th></tr></thead>')
+    table = ('<div class="lostattn-table scorecard"><table class="lostattn">' + head + "<tbody>" + "".join(rows)
+             + "</tbody></table></div>")
+    return summary + "\n\n" + table + "\n"
 
 
 # ---- the build ------------------------------------------------------------------------------------------------
@@ -165,11 +398,38 @@ def _jupyter_book() -> str:
     return found
 
 
+def write_pages(profile: str, notebooks_dir: Path, results_dir: Path, dst: Path) -> None:
+    """Write what the book shows into `dst` (book/executed/): each executed notebook of `notebooks_dir` as
+    `prepare_notebook` makes it, ending with `page_footer_markdown`; the data of results_dir/<notebook>/ beside
+    it; the whole executed notebooks under _notebooks/ for download; and the landing page's scorecard.md."""
+    pages = []
+    (dst / NOTEBOOK_DOWNLOADS).mkdir(parents=True, exist_ok=True)
+    for n in NOTEBOOKS:
+        nb = json.loads((notebooks_dir / f"{n}.ipynb").read_text(encoding="utf-8"))
+        shutil.rmtree(dst / n, ignore_errors=True)  # an earlier build's data, perhaps of another profile
+        files, too_big = copy_page_data(results_dir / n, dst / n)
+        shown = with_footer(prepare_notebook(nb), page_footer_markdown(n, profile, files, too_big))
+        (dst / f"{n}.ipynb").write_text(json.dumps(shown, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        (dst / NOTEBOOK_DOWNLOADS / f"{n}.ipynb").write_text(json.dumps(scrub_notebook(nb), indent=1,
+                                                                        ensure_ascii=False) + "\n", encoding="utf-8")
+        try:
+            verdicts = read_verdicts(results_dir / n / "verdicts.json")
+        except ValueError as err:  # the card says which page's file is broken; the build goes on
+            print(f"[{profile}] {err}", file=sys.stderr)
+            verdicts = None
+        pages.append((n, page_title(nb, n), verdicts))
+    from lostattn.provenance import git_commit
+
+    (dst / "scorecard.md").write_text(source_markdown(repository_url(), _short(git_commit())) + "\n\n"
+                                      + scorecard_markdown(pages, profile), encoding="utf-8")
+
+
 def build_book_html(profile: str = "tiny", rebuild: bool = True, book_dir: Path = BOOK_DIR,
-                    notebooks_dir: Path | None = None) -> int:
-    """Copy the executed notebooks (results/<profile>/notebooks/ unless `notebooks_dir`) into `book_dir`/executed/
-    as `prepare_notebook` makes them and build the HTML book, offline and without executing anything; returns
-    the exit status (0: built or up to date)."""
+                    notebooks_dir: Path | None = None, results_dir: Path | None = None) -> int:
+    """Write the pages (`write_pages`: the executed notebooks of results/<profile>/notebooks/ unless
+    `notebooks_dir`, the data of results/<profile>/<notebook>/ unless `results_dir`) into `book_dir`/executed/
+    and build the HTML book, offline and without executing anything; returns the exit status (0: built or up
+    to date)."""
     book_dir = Path(book_dir)
     src = Path(notebooks_dir) if notebooks_dir else profiles.RESULTS_DIR / profile / "notebooks"
     dst = book_dir / "executed"
@@ -185,11 +445,7 @@ def build_book_html(profile: str = "tiny", rebuild: bool = True, book_dir: Path 
         return 0
     stamp.unlink(missing_ok=True)  # a build interrupted from here on leaves the book marked out of date
     dst.mkdir(exist_ok=True)
-    for n in NOTEBOOKS:
-        copy_for_book(src / f"{n}.ipynb", dst / f"{n}.ipynb")
-        figs = src.parent / n
-        if figs.is_dir():
-            shutil.copytree(figs, dst / n, dirs_exist_ok=True)
+    write_pages(profile, src, Path(results_dir) if results_dir else src.parent, dst)
     (dst / ".profile").write_text(profile)
     from lostattn.pipeline.book_assets import ensure_mathjax
 

@@ -5,7 +5,9 @@ import ast
 import os
 import re
 import sys
+import threading
 import time
+from collections import defaultdict
 from contextlib import contextmanager
 
 from lostattn.pipeline.plan import MatrixCell
@@ -23,31 +25,90 @@ def _hms(seconds: float | None) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-def _code_cell_label(source: str, width: int = 60) -> str:
-    """What a progress line names a code cell by: its papermill description, else its first assignment (the
-    work it does, after the imports), else its first statement."""
-    if "papermill_description=" in source:
-        return source.split("papermill_description=")[1].split()[0]
+# Comment lines that say how a cell is run, not what it does.
+_NOT_A_LABEL = re.compile(r"^#\s*(papermill|parameters\b|noqa|type:|pragma|-\*-|NBVAL_\w+$)", re.I)
+# Calls that show or set up rather than compute: not what names a cell.
+_PLUMBING_CALLS = frozenset({"display", "print", "filterwarnings", "use", "Markdown", "Image", "table", "close",
+                             "show", "glue", "str", "int", "float", "len", "list", "dict", "set", "sorted", "range",
+                             "zip", "enumerate", "format", "join", "get", "items", "append"})
+
+
+def _shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _first_statement(source: str) -> str:
+    """The cell's first assignment after its imports, else its first statement: what names a cell that neither
+    a comment nor a heading does."""
     lines = source.splitlines()
     try:
         body = [n for n in ast.parse(source).body if not isinstance(n, (ast.Import, ast.ImportFrom))]
         node = next((n for n in body if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign))),
                     body[0] if body else None)
-        text = lines[node.lineno - 1].strip() if node is not None else "(imports)"
+        return lines[node.lineno - 1].strip() if node is not None else "(imports)"
     except SyntaxError:  # IPython syntax (magics): the first line of code
-        text = next((ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith(("#", "%"))), "")
-    return text if len(text) <= width else text[: width - 1] + "…"
+        return next((ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith(("#", "%"))), "")
+
+
+def _code_cell_label(source: str, heading: str | None = None, width: int = 60) -> str:
+    """What a progress line names a code cell by, saying what it does: its papermill description, else its first
+    comment line, else the heading of the notebook section it sits in (`heading`), else its first statement."""
+    if "papermill_description=" in source:
+        return _shorten(source.split("papermill_description=")[1].split()[0], width)
+    for line in source.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("#") and not _NOT_A_LABEL.match(line) and line.lstrip("# ").strip():
+            return _shorten(line.lstrip("# ").strip(), width)
+        break
+    return _shorten(heading or _first_statement(source), width)
+
+
+def _main_call(source: str) -> str | None:
+    """The first function the cell calls that computes something (not a display or set-up call), by name."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            continue
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+                if name and name not in _PLUMBING_CALLS and not name.startswith("_"):
+                    return name
+    return None
+
+
+def _heading(markdown: str) -> str | None:
+    """The last heading of a markdown cell (a section's title), without its #'s and emphasis marks."""
+    found = [ln.lstrip("#").strip() for ln in markdown.splitlines() if re.match(r"^#{1,6}\s", ln)]
+    return found[-1].replace("*", "").replace("`", "") if found else None
 
 
 class NotebookProgress:
-    """One line per code cell of a running notebook: its number, what it runs, its time."""
+    """One line per code cell of a running notebook: its number, what it does (`_code_cell_label`) and its time;
+    while a cell runs longer than `heartbeat` seconds, a line every `heartbeat` seconds with the time so far and,
+    when an earlier run timed this cell (`expected`, seconds per code cell), how long it took then."""
 
-    def __init__(self, out=None, on_cell_done=None):
+    def __init__(self, out=None, on_cell_done=None, expected: list[float] | None = None, heartbeat: float = 60.0):
         self.out = out or sys.stdout
         self.on_cell_done = on_cell_done
+        self.expected = list(expected or [])
+        self.heartbeat = heartbeat
         self.total = 0
         self.k = 0
+        self.seconds: list[float] = []  # each finished code cell's duration, in order
+        self._labels: dict[str, str] = {}
         self._t = None
+        self._stop = None
+        self._beat_thread = None
+        self._beats = 0
+        self._lock = threading.Lock()
 
     @staticmethod
     def _counted(cell) -> bool:
@@ -57,20 +118,61 @@ class NotebookProgress:
     def begin(self, nb) -> None:
         self.total = sum(self._counted(c) for c in nb.cells)
         self.k = 0
+        self.seconds = []
+        heading = None
+        under: dict[str | None, list[str]] = defaultdict(list)
+        for c in nb.cells:
+            if c.get("cell_type") == "markdown":
+                heading = _heading(c.source) or heading
+            elif self._counted(c):
+                self._labels.setdefault(c.source, _code_cell_label(c.source, heading))
+                under[heading].append(c.source)
+        # Cells that share a heading, and have no comment line of their own, are told apart by what they call.
+        for head, sources in under.items():
+            if head is None or len(sources) < 2:
+                continue
+            for src in sources:
+                call = _main_call(src)
+                if self._labels[src] == _shorten(head, 60) and call:
+                    self._labels[src] = f"{_shorten(head, 44)} ({call})"
+
+    def _write(self, text: str) -> None:
+        with self._lock:
+            self.out.write(text)
+            self.out.flush()
+
+    def _beat(self, stop: threading.Event, t0: float, k: int) -> None:
+        while not stop.wait(self.heartbeat):
+            self._beats += 1
+            before = self.expected[k - 1] if k - 1 < len(self.expected) else None
+            then = f" (took {_hms(before)} last run)" if before else ""
+            self._write(("\n" if self._beats == 1 else "") + f"        still running: {_hms(time.perf_counter() - t0)}"
+                        f"{then}\n")
 
     def start(self, cell) -> None:
         if not self._counted(cell):
             return
         self.k += 1
         self._t = time.perf_counter()
-        self.out.write(f"    [{self.k}/{self.total}] {_code_cell_label(cell.source)} ")
-        self.out.flush()
+        label = self._labels.get(cell.source) or _code_cell_label(cell.source)
+        self._write(f"    [{self.k}/{self.total}] {label} ")
+        self._beats = 0
+        if self.heartbeat and self.heartbeat > 0:
+            self._stop = threading.Event()
+            self._beat_thread = threading.Thread(target=self._beat, args=(self._stop, self._t, self.k), daemon=True)
+            self._beat_thread.start()
 
     def end(self, cell, failed: bool = False) -> None:
         if not self._counted(cell) or self._t is None:
             return
-        self.out.write(f"... {'FAILED after ' if failed else ''}{time.perf_counter() - self._t:.1f}s\n")
-        self.out.flush()
+        if self._stop is not None:
+            self._stop.set()
+            self._beat_thread.join()
+            self._stop = self._beat_thread = None
+        took = time.perf_counter() - self._t
+        self.seconds.append(round(took, 1))
+        lead = f"    [{self.k}/{self.total}] " if self._beats else ""
+        self._write(f"{lead}... {'FAILED after ' if failed else ''}{took:.1f}s\n")
         self._t = None
         if self.on_cell_done:
             self.on_cell_done()

@@ -34,6 +34,8 @@ ever removed; a folder holding anything else is refused, never emptied.
 """
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import sys
 import time
@@ -77,14 +79,61 @@ def print_plan(prof: Profile, cells: list[MatrixCell], shown: list[MatrixCell], 
         print(f"note: {w}", file=out)
 
 
-def _estimate(cell: MatrixCell, done: dict[str, list[float]]) -> float | None:
+# ---- measured durations, kept across runs: what the ETA is made of ---------------------------------------------
+DURATIONS_FILE = "durations.json"  # results/<profile>/durations.json
+
+
+def _durations_path(prof: Profile) -> Path:
+    from lostattn.pipeline import profiles  # read at call time: the tests point RESULTS_DIR elsewhere
+
+    return profiles.RESULTS_DIR / prof.name / DURATIONS_FILE
+
+
+def load_durations(path: Path) -> dict[str, dict]:
+    """The durations measured by earlier runs: {cell label: {"notebook", "seconds", "cells": [seconds per code
+    cell]}}; empty when none were recorded or the file is unreadable (it only informs the ETA)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_duration(path: Path, cell: MatrixCell, seconds: float, per_cell: list[float]) -> None:
+    """Add one finished run of `cell` to the durations file (its last run replaces the one before)."""
+    data = load_durations(path)
+    data[cell.label] = {"notebook": cell.notebook, "seconds": round(seconds, 1), "cells": per_cell}
+    # Whole or not at all, each process through its own temporary file: cluster tasks finish cells at once (the
+    # last writer wins; a duration lost so only makes one ETA less informed).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as err:  # the cell itself succeeded: a read-only results folder must not fail it
+        print(f"note: durations not recorded in {path}: {err}", file=sys.stderr)
+
+
+def _estimate(cell: MatrixCell, history: dict[str, dict], done: dict[str, list[float]]) -> float | None:
+    """Seconds `cell` should take: its own last measured run, else the mean of this notebook's measured runs
+    (earlier runs, then this one's), else None (never timed)."""
+    if cell.label in history and history[cell.label].get("seconds"):
+        return float(history[cell.label]["seconds"])
     m = read_marker(cell.out_dir) if cell.out_dir.is_dir() else None
     if m and m.get("seconds"):
         return float(m["seconds"])
-    if done.get(cell.notebook):
-        return sum(done[cell.notebook]) / len(done[cell.notebook])
-    allv = [v for vs in done.values() for v in vs]
-    return sum(allv) / len(allv) if allv else None
+    same = [float(h["seconds"]) for h in history.values() if h.get("notebook") == cell.notebook and h.get("seconds")]
+    same += done.get(cell.notebook, [])
+    return sum(same) / len(same) if same else None
+
+
+def _eta_text(estimates: list[float | None]) -> str:
+    """'ETA 12m30s', with how many cells it leaves out when some were never timed."""
+    known = [e for e in estimates if e is not None]
+    unknown = len(estimates) - len(known)
+    if not known:
+        return "ETA unknown (no earlier run timed these cells)"
+    return f"ETA {_hms(sum(known))}" + (f" + {unknown} cell(s) never timed" if unknown else "")
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
@@ -122,7 +171,9 @@ def reproduce(profile: str = "tiny", only=None, force: bool = False, config: str
               f"{tag} {chosen[0].notebook}: up to date, skipped")
     for w in prof.warnings:
         print(f"{tag} note: {w}")
-    durations: dict[str, list[float]] = {}
+    durations: dict[str, list[float]] = {}  # this run's, per notebook
+    durations_file = _durations_path(prof)
+    history = load_durations(durations_file)  # earlier runs', per cell
     failures: list[tuple[MatrixCell, str, Path | None]] = []
     ran = 0
     t_all = time.perf_counter()
@@ -131,12 +182,10 @@ def reproduce(profile: str = "tiny", only=None, force: bool = False, config: str
         if c.once and not force and up_to_date(c, key):
             print(f"{tag} {c.notebook}: up to date, skipped")
             continue
-        ests = [_estimate(x, durations) for x in pending[i:]]
-        known = [e for e in ests if e is not None]
-        eta = (sum(known) + (len(ests) - len(known)) * (sum(known) / len(known))) if known else None
+        ests = [_estimate(x, history, durations) for x in pending[i:]]
         print(f"{tag} cell {c.number}/{len(cells)} {c.label}  {_bar(i, len(pending))} {i}/{len(pending)} run, "
-              f"{_hms(time.perf_counter() - t_all)} elapsed, ETA {_hms(eta)}", flush=True)
-        failure = _run_cell(c, key)
+              f"{_hms(time.perf_counter() - t_all)} elapsed, {_eta_text(ests)}", flush=True)
+        failure = _run_cell(c, key, history.get(c.label, {}).get("cells"), durations_file)
         if failure is None:
             ran += 1
             secs = read_marker(c.out_dir).get("seconds") if read_marker(c.out_dir) else None
@@ -166,8 +215,11 @@ def reproduce(profile: str = "tiny", only=None, force: bool = False, config: str
     return 0
 
 
-def _run_cell(cell: MatrixCell, key: str) -> tuple[str, Path | None] | None:
-    """Run one cell under its lock; None when it succeeded, else (what failed, the partly executed notebook)."""
+def _run_cell(cell: MatrixCell, key: str, expected: list[float] | None = None,
+              durations_file: Path | None = None) -> tuple[str, Path | None] | None:
+    """Run one cell under its lock, its progress lines telling how long each code cell took last time
+    (`expected`); None when it succeeded (its durations then recorded in `durations_file`), else (what failed, the
+    partly executed notebook)."""
     from lostattn.harness.records import Busy, exclusive
 
     cell.key_file.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +235,7 @@ def _run_cell(cell: MatrixCell, key: str) -> tuple[str, Path | None] | None:
                 marker = prepare_out_dir(cell, key)
             except ValueError as err:  # a folder holding files not ours: named, nothing removed
                 return (str(err), None)
-            progress = NotebookProgress(on_cell_done=lambda: _update_marker(cell, marker))
+            progress = NotebookProgress(on_cell_done=lambda: _update_marker(cell, marker), expected=expected)
             t = time.perf_counter()
             try:
                 run_notebook(cell, progress)
@@ -193,7 +245,10 @@ def _run_cell(cell: MatrixCell, key: str) -> tuple[str, Path | None] | None:
             except Exception as err:  # noqa: BLE001 - papermill's error carries the failing cell's traceback
                 _update_marker(cell, marker, state="failed", error=_failure_text(err))
                 return (_failure_text(err), cell.out_nb if cell.out_nb.is_file() else None)
-            _update_marker(cell, marker, state="done", seconds=round(time.perf_counter() - t, 1))
+            seconds = time.perf_counter() - t
+            _update_marker(cell, marker, state="done", seconds=round(seconds, 1))
+            if durations_file is not None:
+                record_duration(durations_file, cell, seconds, progress.seconds)
             with writing(cell.key_file):
                 cell.key_file.write_text(key)
             return None
