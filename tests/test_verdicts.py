@@ -208,3 +208,21 @@ def test_table1_intervals_bootstrap_over_samples():
     assert att["RID_ci_low"] < att["RID"] < att["RID_ci_high"] and att["samples"] == 20
     b = means_with_intervals(m, ["module", "layer"], ["rid"])
     assert len(b) == 6 and (b["rid_ci_low"] < b["rid"]).all() and (b["samples"] == 20).all()
+
+
+def test_a_combined_claim_quotes_the_part_that_would_decide_it():
+    from lostattn.paper.verdicts import every, judged, some
+    from lostattn.stats import Interval
+
+    def part(est, half, n=50):
+        return judged("", Interval(est, est - half, est + half, n, "points"), above=0.0)
+
+    leaning_up, leaning_down = part(2.0, 4.0), part(-1.0, 4.0)
+    one = some("a cell rises", [("up", leaning_up), ("down", leaning_down)])
+    assert one.outcome == INCONCLUSIVE and one.estimate == 2.0  # more samples would make "up" hold
+    assert one.n_needed == leaning_up.n_needed
+    assert some("a cell rises", [("down", leaning_down)]).n_needed == leaning_down.n_needed
+    both = every("all rise", [("up", leaning_up), ("down", leaning_down)])
+    assert both.outcome == INCONCLUSIVE and both.estimate == -1.0  # "down" would make it fail on its own
+    held = every("all rise", [("far", part(10.0, 1.0)), ("near", part(1.5, 1.0))])
+    assert held.outcome == HOLDS and held.estimate == 1.5 and held.n_needed is None

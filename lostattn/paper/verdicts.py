@@ -52,6 +52,7 @@ class Claim:
     n: int | None = None
     n_needed: int | None = None
     slack: float | None = None  # how far the interval clears (or misses) its boundary, in `unit`
+    leans: bool | None = None  # whether the estimate lies on the claimed side (where more samples would take it)
 
     def to_dict(self, page: str | None = None) -> dict:
         """The scorecard's record: page, claim, scope, outcome, estimate, low, high, unit, n, n_needed."""
@@ -73,19 +74,19 @@ def judged(text: str, iv: Interval, *, above: float | None = None, below: float 
     """A claim decided by the interval `iv`: "above `above`", "below `below`" or "inside ±`within`"."""
     if within is not None:
         outcome, need = decide_within(iv, within)
-        slack = min(within - iv.high, iv.low + within)
+        slack, leans = min(within - iv.high, iv.low + within), abs(iv.estimate) < within
     elif above is not None:
         outcome, need = decide_sign(iv, True, above)
-        slack = iv.low - above
+        slack, leans = iv.low - above, iv.estimate > above
     else:
         outcome, need = decide_sign(iv, False, below)
-        slack = below - iv.high
+        slack, leans = below - iv.high, iv.estimate < below
     evidence = f"{label + ' ' if label else ''}{iv.text()} (95% interval, n = {iv.n})"
     if outcome == INCONCLUSIVE:
         evidence += f"; about {need} samples would decide it" if need else "; no sample size decides it"
     if note:
         evidence += f"; {note}"
-    return Claim(text, outcome, evidence, scope, iv.estimate, iv.low, iv.high, iv.unit, iv.n, need, slack)
+    return Claim(text, outcome, evidence, scope, iv.estimate, iv.low, iv.high, iv.unit, iv.n, need, slack, leans)
 
 
 def every(text: str, parts: list[tuple[str, Claim]], scope: str = "", note: str = "") -> Claim:
@@ -105,24 +106,32 @@ def _combine(text, parts, scope, note, need_all):
     if not parts:
         return Claim(text, UNTESTED, "nothing measured", scope)
     outs = [c.outcome for _, c in parts]
-    undecided = [(k, c) for k, c in parts if c.outcome == INCONCLUSIVE]
-    key = (lambda kc: kc[1].n_needed or math.inf)
     if need_all:
         outcome = FAILS if FAILS in outs else HOLDS if all(o == HOLDS for o in outs) else INCONCLUSIVE
-        pick = (next(kc for kc in parts if kc[1].outcome == FAILS) if outcome == FAILS else
-                max(undecided, key=key) if outcome == INCONCLUSIVE else
-                min(parts, key=lambda kc: kc[1].slack if kc[1].slack is not None else math.inf))
     else:
         outcome = HOLDS if HOLDS in outs else FAILS if all(o == FAILS for o in outs) else INCONCLUSIVE
-        pick = (next(kc for kc in parts if kc[1].outcome == HOLDS) if outcome == HOLDS else
-                min(undecided, key=key) if outcome == INCONCLUSIVE else
-                max(parts, key=lambda kc: kc[1].high if kc[1].high is not None else -math.inf))
+    if outcome == INCONCLUSIVE:
+        pick = _deciding_part([kc for kc in parts if kc[1].outcome == INCONCLUSIVE], need_all)
+    elif (outcome == FAILS) == need_all:  # one part decided it: the first such
+        pick = next(kc for kc in parts if kc[1].outcome == outcome)
+    else:  # every part decided it: the one closest to its boundary
+        pick = min(parts, key=lambda kc: kc[1].slack if kc[1].slack is not None else math.inf)
     name, c = pick
     counts = f"{outs.count(HOLDS)} of {len(parts)} hold, {outs.count(FAILS)} do not, {outs.count(INCONCLUSIVE)} " \
              f"inconclusive"
     evidence = f"{counts}; {name}: {c.evidence}" + (f"; {note}" if note else "")
     return Claim(text, outcome, evidence, scope, c.estimate, c.low, c.high, c.unit, c.n,
-                 c.n_needed if outcome == INCONCLUSIVE else None)
+                 c.n_needed if outcome == INCONCLUSIVE else None, c.slack, c.leans)
+
+
+def _deciding_part(undecided, need_all):
+    """The undecided part whose sample size would decide the combined claim the way the estimates lean: for "all
+    hold", a part leaning against it decides it alone (the one needing fewest samples), else every part must hold
+    (the one needing most); for "one holds", the reverse."""
+    def need(kc):
+        return kc[1].n_needed or math.inf
+    alone = [kc for kc in undecided if kc[1].leans is (not need_all)]
+    return min(alone, key=need) if alone else max(undecided, key=need)
 
 
 def verdict_markdown(claims: list[Claim], title: str = "Verdict: what this run shows") -> str:
