@@ -62,3 +62,11 @@ def test_verdict_box_is_a_myst_admonition_with_the_verdict_class():
     lines = md.splitlines()
     assert lines[0].startswith(":::{admonition}") and lines[1] == ":class: verdict" and lines[-1] == ":::"
     assert "tested claims hold on this run" in md
+
+
+def test_the_blind_control_quotes_one_number_when_every_cell_is_alike():
+    one = pd.DataFrame({"vanilla": [83.0], "blind": [30.0], "gaussian_noise": [82.0]}, index=["embedded · Synthetic"])
+    control = table2_claims(one, ["gaussian_noise"])[-1]
+    assert control.evidence == "blind minus vanilla -53.0 points", control.evidence
+    two = pd.DataFrame({"vanilla": [83.0, 90.0], "blind": [30.0, 40.0], "gaussian_noise": [82.0, 90.0]})
+    assert table2_claims(two, ["gaussian_noise"])[-1].evidence == "blind minus vanilla from -53.0 to -50.0 points"
