@@ -396,6 +396,7 @@ def test_real_book_from_the_stored_notebooks(tmp_path):
         assert f"results/tiny/{n}/ folder was empty or absent" in soup.get_text()  # no results folder given
     card = pages["intro.html"].select("div.scorecard td.no-verdicts")
     assert len(card) == len(NOTEBOOKS), "no page wrote verdicts here, and the scorecard says so for each"
+    assert "no results page wrote its verdicts" in pages["intro.html"].get_text()
 
 
 @pytest.mark.skipif(not all((RESULTS_DIR / "tiny" / "notebooks" / f"{n}.ipynb").is_file() for n in NOTEBOOKS),

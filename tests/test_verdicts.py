@@ -226,3 +226,11 @@ def test_a_combined_claim_quotes_the_part_that_would_decide_it():
     assert both.outcome == INCONCLUSIVE and both.estimate == -1.0  # "down" would make it fail on its own
     held = every("all rise", [("far", part(10.0, 1.0)), ("near", part(1.5, 1.0))])
     assert held.outcome == HOLDS and held.estimate == 1.5 and held.n_needed is None
+
+
+def test_the_blind_control_quotes_one_number_when_every_cell_is_alike():
+    one = pd.DataFrame({"vanilla": [83.0], "blind": [30.0], "gaussian_noise": [82.0]}, index=["embedded · Synthetic"])
+    control = table2_claims(one, ["gaussian_noise"])[-1]
+    assert control.evidence == "blind minus vanilla -53.0 points", control.evidence
+    two = pd.DataFrame({"vanilla": [83.0, 90.0], "blind": [30.0, 40.0], "gaussian_noise": [82.0, 90.0]})
+    assert table2_claims(two, ["gaussian_noise"])[-1].evidence == "blind minus vanilla from -53.0 to -50.0 points"

@@ -364,8 +364,10 @@ def paper_tables_figure(m: Matrix, barely: float | None = None):
     mean = mean[mean["module"] != EPS]
     d = sap_deltas(m)
     rows = list(dict.fromkeys(f"{a} · {b}" for a, b in zip(d["model"], d["benchmark"])))
-    fig = plt.figure(figsize=(PAGE_WIDTH_IN, 2.8 + 0.6 + 0.28 * max(len(rows), 3)), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[2.8, 0.6 + 0.28 * max(len(rows), 3)])
+    # Table 2's panel: room for its title and x label, and a legible band per row (one row too).
+    t2_height = 1.3 + 0.3 * max(len(rows), 2)
+    fig = plt.figure(figsize=(PAGE_WIDTH_IN, 2.8 + t2_height), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.8, t2_height])
     modules = list(mean["module"])
     x = np.arange(len(modules))
     axes = list(top.subplots(1, 2))

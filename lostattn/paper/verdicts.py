@@ -258,8 +258,10 @@ def table2_claims(wide: pd.DataFrame, modes: list[str], paper_deltas: dict[str, 
     if "blind" in wide.columns:
         drop = (wide["blind"] - wide["vanilla"])
         out.append(_claim("Control: the families need the image (removing it lowers the score)",
-                          bool((drop < 0).all()), f"blind minus vanilla from {_pts(drop.min())} to {_pts(drop.max())} "
-                                                  f"points"))
+                          bool((drop < 0).all()),
+                          # one cell, or every cell alike: one number, not a range from x to x
+                          f"blind minus vanilla {_pts(drop.min())} points" if drop.min() == drop.max() else
+                          f"blind minus vanilla from {_pts(drop.min())} to {_pts(drop.max())} points"))
     return out
 
 

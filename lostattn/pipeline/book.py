@@ -353,7 +353,10 @@ def scorecard_markdown(pages: list[tuple[str, str, list[dict] | None]], profile:
                f"{counts['holds']} {'holds' if counts['holds'] == 1 else 'hold'}, {counts['does not hold']} "
                f"{'does' if counts['does not hold'] == 1 else 'do'} not hold and {counts['inconclusive']} "
                f"{'is' if counts['inconclusive'] == 1 else 'are'} inconclusive on this run.")
-    if missing:
+    if len(missing) == len(pages):
+        summary = (f"Profile `{profile}`: no results page wrote its verdicts (results/{profile}/<page>/verdicts.json) "
+                   f"in this build; `lostattn reproduce --profile {profile} --force` writes them.")
+    elif missing:
         summary += (f" {len(missing)} of {len(pages)} pages wrote no verdicts: "
                     + ", ".join(f"*{t}*" for t in missing) + ".")
     head = ('<thead><tr><th>claim (scope)</th><th>outcome</th><th class="num">estimate [interval]</th>'
