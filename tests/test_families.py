@@ -216,8 +216,9 @@ from lostattn.residual.capture import ResidualCapture  # noqa: E402
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_capture_identity_and_hook_invariance(family, family_lm, shaped):
-    """Hooks change nothing (logits bit-identical); X_out = X + dX_attn + dX_ffn; each layer's input is the previous
-    layer's output, on a left-padded batch of differently shaped images."""
+    """Hooks change nothing (logits bit-identical); X_out = X_in + ΔX_attn + ΔX_ffn; each layer's input is the
+    previous layer's output (plus the family's update between layers), on a left-padded batch of differently shaped
+    images."""
     lm = family_lm(family)
     inputs = prepare_inputs(lm, shaped)
     with torch.no_grad():
@@ -227,9 +228,12 @@ def test_capture_identity_and_hook_invariance(family, family_lm, shaped):
     assert torch.equal(out, ref)
     recs = [cap.records[i] for i in range(lm.adapter.num_layers)]
     for r in recs:
-        torch.testing.assert_close(r.x + r.d_attn + r.d_ffn, r.x_out, rtol=1e-5, atol=1e-5)
-    for a, b in zip(recs, recs[1:]):
-        assert torch.equal(a.x_out, b.x)
+        torch.testing.assert_close(r.x_in + r.dx_attn + r.dx_ffn, r.x_out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(recs, recs[1:]):  # an update between layers (Qwen3-VL's ΔX_deepstack) is its own hook point
+        if a.between:
+            torch.testing.assert_close(a.x_out + sum(a.between.values()), b.x_in, rtol=0, atol=1e-6)
+        else:
+            assert torch.equal(a.x_out, b.x_in)
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])

@@ -2,14 +2,18 @@
 embedding, its image placeholder token, how its images become visual tokens, and what the official scripts of the
 paper do with it.
 
-Every supported family (as of transformers 5) keeps a pre-norm residual decoder at `model.model.language_model`
-whose layers have `self_attn`, `mlp`, `input_layernorm` and `post_attention_layernorm`, so one adapter class serves
-them all; the table below records what differs.
+Every supported family (as of transformers 5) keeps a residual decoder whose layers have `self_attn` and `mlp`, so
+one adapter class serves them all; `MODEL_FAMILIES` records what differs: where the decoder sits (SmolVLM's at
+`model.text_model`), which modules' outputs are the updates that reach the residual stream (Gemma 3 normalises the
+attention and MLP outputs before adding them), what a family adds between layers (Qwen3-VL's deepstack visual
+features), where its vision tower keeps its layers, how its images become visual tokens.
 
 The visual tokens of a prompt are its image-placeholder positions (`visual_mask`), which are exactly where the model
 writes image features: the patches, and for LLaVA-NeXT / OneVision also the image-newline token that closes each
-row of tiles. Qwen's `<|vision_start|>` and `<|vision_end|>` are ordinary text tokens around them; only the
-`<|image_pad|>` positions are visual (tests/test_families.py checks this against the model's own embeddings).
+row of tiles. Markers around them are ordinary text tokens (Qwen's `<|vision_start|>` / `<|vision_end|>`, Gemma 3's
+`<start_of_image>` / `<end_of_image>`, InternVL's `<img>` / `</img>`, SmolVLM's tile and global-image markers,
+Mistral 3's `[IMG_BREAK]` / `[IMG_END]`); tests/test_families.py checks the span against the model's own embeddings
+for every family.
 """
 from __future__ import annotations
 
