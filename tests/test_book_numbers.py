@@ -12,7 +12,8 @@
 
 Locators: `csv:PATH?COL=VALUE&...#COLUMN` (the row where every COL equals VALUE; all its numbers, or one COLUMN),
 `csv-columns:PATH#PREFIX` (numbers in the column names after PREFIX),
-`json:PATH#KEY.KEY...` (a leaf, or every number under a key; `*` for every key at its level), `py:MODULE:EXPRESSION` (a number or a list of them).
+`json:PATH#KEY.KEY...` (a leaf, or every number under a key; `*` for every key or item at its level; through a list of
+records, those that have the next key), `py:MODULE:EXPRESSION` (a number or a list of them).
 """
 import importlib
 import json
@@ -97,7 +98,10 @@ def _walk(x, keys: list[str]):
     if not keys:
         return x
     if keys[0] == "*":
-        return [_walk(v, keys[1:]) for v in x.values()]
+        items = x.values() if isinstance(x, dict) else x
+        return [_walk(v, keys[1:]) for v in items if len(keys) == 1 or not isinstance(v, dict) or keys[1] in v]
+    if isinstance(x, list):  # a list of records: those that have the key
+        return [_walk(v, keys) for v in x if isinstance(v, dict) and keys[0] in v]
     return _walk(x[keys[0]], keys[1:])
 
 
