@@ -186,18 +186,21 @@ def refuse_missing_weights(info: dict, name_or_path) -> None:
 
 def check_image_token(processor, config, name_or_path) -> None:
     """Refuse a processor whose tokenizer does not turn the image token into the id the model's config expects: no
-    prompt could then carry the image (transformers fails on the first sample: 'image tokens: 0')."""
-    token = getattr(processor, "image_token", None)
+    prompt could then carry the image (transformers fails on the first sample: 'image tokens: 0'). The token is the
+    processor's or its tokenizer's (Gemma 3's processor names the `<start_of_image>` marker it expands, its
+    tokenizer the `<image_soft_token>` the model reads)."""
     tok = getattr(processor, "tokenizer", None)
     want = getattr(config, "image_token_id", None)
     want = getattr(config, "image_token_index", None) if want is None else want
-    if token is None or tok is None or want is None:
+    tokens = [t for t in (getattr(processor, "image_token", None), getattr(tok, "image_token", None)) if t]
+    if not tokens or tok is None or want is None:
         return
-    got = tok(token, add_special_tokens=False)["input_ids"]
-    if got != [want]:
-        raise ValueError(f"the tokenizer of {name_or_path} has no image token {token!r} (config.json expects id "
-                         f"{want}; the tokenizer gives {got}): its tokenizer files do not belong to this model. "
-                         f"Copy tokenizer.json and tokenizer_config.json from the same checkpoint")
+    got = {t: tok(t, add_special_tokens=False)["input_ids"] for t in dict.fromkeys(tokens)}
+    if not any(ids == [want] for ids in got.values()):
+        shown = ", ".join(f"{t!r} gives {ids}" for t, ids in got.items())
+        raise ValueError(f"the tokenizer of {name_or_path} has no image token {tokens[0]!r} as config.json expects id "
+                         f"{want} ({shown}): its tokenizer files do not belong to this model. Copy tokenizer.json "
+                         f"and tokenizer_config.json from the same checkpoint")
 
 
 def load_model(name_or_path: str | Path = EMBEDDED_NAME, device: str = "cpu", dtype: str = "float32",
