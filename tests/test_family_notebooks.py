@@ -38,7 +38,7 @@ def test_every_notebook_runs_on_every_family(families, notebooks, tmp_path, chec
         "run": list(notebooks),
         "notebooks": {
             "01_embedded_model": {"max_new_tokens": 2},
-            "20_table2_sap": {"max_new_tokens": 2, "protocol": "official", "compare_protocols": True,
+            "20_table2_sap": {"max_new_tokens": 2, "protocol": "official", "compare_protocols": True, "sap_seeds": 1,
                               "modes": ["gaussian_noise", "key", "uniform", "vis_enc_attn", "complexity"]},
             "21_sap_sweeps": {"max_new_tokens": 2, "lams": [0.0, 1.0], "window": 2},
         },
