@@ -148,16 +148,20 @@ def _mean_over_queries(drop_first: bool):
 
 
 # ---- the three layouts ---------------------------------------------------------------------------------------------
-class GridLayout:
-    """One tile per image; one token per patch (LLaVA-1.5)."""
-
-    kind = "grid"
+class _TowerLayout:
+    """What every layout reads from the adapter: the vision tower and its layers."""
 
     def tower(self, lm):
         return lm.adapter.vision_tower
 
     def vision_layers(self, lm):
         return lm.adapter.vision_layers
+
+
+class GridLayout(_TowerLayout):
+    """One tile per image; one token per patch (LLaVA-1.5)."""
+
+    kind = "grid"
 
     def feature_layer(self, lm) -> int:
         """Index of the vision layer whose output the decoder receives (`vision_feature_layer`)."""
@@ -223,16 +227,10 @@ class AnyresLayout(GridLayout):
         return [p[:, 0] for p in packed]
 
 
-class MergedLayout:
+class MergedLayout(_TowerLayout):
     """One token per 2x2 group of patches (Qwen2-VL, Qwen2.5-VL)."""
 
     kind = "merged"
-
-    def tower(self, lm):
-        return lm.adapter.vision_tower
-
-    def vision_layers(self, lm):
-        return lm.adapter.vision_layers
 
     def feature_layer(self, lm) -> int:
         return len(self.vision_layers(lm)) - 1  # the merger reads the last block
@@ -285,7 +283,7 @@ class MergedLayout:
         return [m.reshape(-1).float() for m in maps]
 
 
-class GroupedLayout:
+class GroupedLayout(_TowerLayout):
     """Tiles of a fixed patch grid, one visual token per group of neighbouring patches (Gemma 3's average pooling,
     InternVL's and SmolVLM's pixel shuffle, Mistral 3's patch merger), tiles in the order the model places them.
 
@@ -295,12 +293,6 @@ class GroupedLayout:
     the heads), the mean because the model too averages (pools) or concatenates its patches' features."""
 
     kind = "grouped"
-
-    def tower(self, lm):
-        return lm.adapter.vision_tower
-
-    def vision_layers(self, lm):
-        return lm.adapter.vision_layers
 
     def feature_layer(self, lm) -> int:
         return len(self.vision_layers(lm)) - 1  # these families read the tower's last layer
