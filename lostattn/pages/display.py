@@ -68,6 +68,12 @@ def format_cell(v, fmt: Format | None = None, digits: int = 3) -> str:
     return display_path(v) if isinstance(v, (str, Path)) and str(v).startswith("/") else str(v)
 
 
+def _breakable(name) -> str:
+    """A column name as HTML that may break after an underscore or a dot (gaussian_<wbr>noise), never inside a
+    word: a wide table reflows to the column before it scrolls, and no name reads 'vanill/a'."""
+    return html.escape(str(name)).replace("_", "_<wbr>").replace(".", ".<wbr>")
+
+
 class HtmlTable:
     """A DataFrame as the book shows it: HTML in a box that fits the column (`_repr_html_`), plain aligned text
     in a terminal (`__repr__`). Build it with `table(...)`."""
@@ -100,7 +106,7 @@ class HtmlTable:
         if self.caption:
             out.append(f"<caption>{html.escape(self.caption)}</caption>")
         cls = ['' if not n else ' class="num"' for n in num]
-        out.append("<thead><tr>" + "".join(f"<th{k}>{html.escape(str(c))}</th>" for c, k in zip(self.df.columns, cls))
+        out.append("<thead><tr>" + "".join(f"<th{k}>{_breakable(c)}</th>" for c, k in zip(self.df.columns, cls))
                    + "</tr></thead>")
         out.append("<tbody>")
         for row in self.cells():
