@@ -52,11 +52,11 @@ def test_every_module_a_notebook_loads_is_in_its_key(notebook):
 
 def test_editing_a_module_a_notebook_imports_changes_its_key_and_only_its(monkeypatch):
     before = {nb: CacheKeys([]).code(nb) for nb in NOTEBOOKS}
-    # residual/controls.py (the noise controls): imported by the metric notebooks (10-12), not by the SAP ones
-    uses = {nb for nb in NOTEBOOKS if (PKG / "residual" / "controls.py").resolve() in
+    # harness/costs.py (the SAP cost measurement): imported by page 20 alone
+    uses = {nb for nb in NOTEBOOKS if (PKG / "harness" / "costs.py").resolve() in
             {f.resolve() for f in code_files(nb)}}
-    assert "10_table1_rid_mixig" in uses and "20_table2_sap" not in uses
-    _edited(monkeypatch, PKG / "residual" / "controls.py")
+    assert uses == {"20_table2_sap"}
+    _edited(monkeypatch, PKG / "harness" / "costs.py")
     after = {nb: CacheKeys([]).code(nb) for nb in NOTEBOOKS}
     assert {nb for nb in NOTEBOOKS if after[nb] != before[nb]} == uses
 

@@ -104,6 +104,13 @@ class _QueryMean:
         return L - 1 if self.drop_first else L // self.unit
 
 
+class _QuerySum(_QueryMean):
+    """The per-key sum over every query row, not yet divided (the caller divides per image)."""
+
+    def count(self, L: int) -> int:
+        return 1
+
+
 def _eager_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """The towers' own eager attention (CLIP, SigLIP, Qwen vision: one formula), for a recorded layer under eager."""
     k = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1) if key.shape[1] != query.shape[1] else key
@@ -424,10 +431,9 @@ class MergedGridLayout(GroupedLayout):
         sizes = inputs["image_sizes"].tolist()
         counts = [(h // p) * (w // p) for h, w in sizes]
 
-        def reduce(prob):  # (1, L, L), block diagonal: the sum over queries is the sum over the image's own patches
-            return prob.sum(1)
-
-        with torch.no_grad(), _recording(tower.config, lm.adapter.vision_attn(layer), reduce) as rec:
+        # block diagonal over the images: the sum over every query is the sum over the image's own patches, divided
+        # by that image's patch count below
+        with torch.no_grad(), _recording(tower.config, lm.adapter.vision_attn(layer), _QuerySum()) as rec:
             tower(inputs["pixel_values"].to(lm.device, next(tower.parameters()).dtype), image_sizes=sizes)
         per_patch = torch.cat(rec.out, -1).float().cpu()[0]
         out = []
