@@ -34,7 +34,11 @@ def test_official_preset_follows_the_family_recipe(family, family_lm):
     assert p.content_order == r.content_order and p.image_size == r.image_size
     expected = {"llava": (True, "nonvisual_mean"), "llava_next": (True, "nonvisual_mean"),
                 "llava_onevision": (True, "left_right_mean"), "qwen2_vl": (False, "nonvisual_mean"),
-                "qwen2_5_vl": (False, "nonvisual_mean")}[family]
+                "qwen2_5_vl": (False, "nonvisual_mean"),
+                # the newer families follow the closest script: Qwen decoders the Qwen script, the others LLaVA's
+                "qwen3_vl": (False, "nonvisual_mean"), "internvl": (False, "nonvisual_mean"),
+                "gemma3": (True, "nonvisual_mean"), "smolvlm": (True, "nonvisual_mean"),
+                "mistral3": (True, "nonvisual_mean")}[family]
     assert (r.rescale, r.head_score) == expected
     c = get_protocol(lm, "controlled").sap_config("gaussian_noise")
     assert c == SAPConfig(mode="gaussian_noise")  # one rule for every family
