@@ -52,7 +52,8 @@ def build(family: str, depth: int, dtype):
 
     from lostattn.models.adapters import Adapter
     from lostattn.models.loader import LoadedModel, load_processor
-    from lostattn.models.random_checkpoints import FAMILY_LAYOUTS, build_checkpoint
+    from lostattn.models.adapters import MODEL_FAMILIES
+    from lostattn.models.random_checkpoints import build_checkpoint
 
     folder = Path(tempfile.mkdtemp(prefix="lostattn-published-"))
     build_checkpoint(family, folder, size="published", save_weights=False)
@@ -60,7 +61,7 @@ def build(family: str, depth: int, dtype):
     config.get_text_config(decoder=True).num_hidden_layers = depth
     torch.manual_seed(0)
     with torch.device("cpu"):
-        model = getattr(transformers, FAMILY_LAYOUTS[family].hf_class)._from_config(
+        model = getattr(transformers, MODEL_FAMILIES[family].hf_class)._from_config(
             config, attn_implementation="sdpa", dtype=dtype)
     model.eval()
     proc = load_processor(folder, family)
@@ -207,6 +208,8 @@ def main(argv=None) -> int:
         if family == "qwen2_5_vl" and (not a.steps or "vis_enc_attn" in steps):
             cases.append((a.vis_photo, ["plain", "vis_enc_attn"]))
         for size, todo in cases:
+            if todo == ["plain"]:  # no step asked for at this size
+                continue
             base = None
             for what in todo:
                 r = measure(family, size, what, a)

@@ -122,3 +122,28 @@ def test_cuda_equals_cpu():
         for module in cpu:
             for k, v in cpu[module].items():
                 torch.testing.assert_close(gpu[module][k].cpu(), v, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("spec", SPECS + (replace(MetricSpec.official(), rank=RankRule("fixed", 4)),),
+                         ids=lambda s: s.name)
+@pytest.mark.parametrize("shape", [(3, 90, 40), (3, 40, 90)], ids=["tokens>dims", "tokens<dims"])
+def test_large_states_in_column_blocks_equal_whole_states(spec, shape, monkeypatch):
+    # a state over 2 * CHUNK_BYTES is never held whole in float64: its products run over column blocks of Z, each
+    # converted from the model's (here float32) tensors; every metric equals the whole-state computation
+    B, S, H = shape
+    layers = _stream(2, B, S, H, 11)
+    x0 = layers[0][0].clone()
+    x0[1, 10:80] = x0[1, 10]  # one rank-deficient input: the SVD fallback and the explicit residuals
+    layers[0] = (x0, layers[0][1], layers[0][2])
+    whole = Stream(spec)
+    want = [whole.layer(*states) for states in layers]
+    monkeypatch.setattr("lostattn.residual.metrics.CHUNK_BYTES", B * 8 * 40 * 7)  # 7 columns of Z per block
+    blocked = Stream(spec)
+    for states, ref in zip(layers, want):
+        got = blocked.layer(*states)
+        for module in ref:
+            for k, v in ref[module].items():
+                torch.testing.assert_close(got[module][k], v, rtol=1e-10, atol=1e-12, msg=f"{module} {k}")
+    st = State(x0, basis=True)
+    assert st.lazy and st._x is None and st.width == 7 and st.exact[1] and not st.exact[0]
+    assert blocked.counts == whole.counts

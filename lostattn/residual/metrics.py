@@ -232,23 +232,40 @@ def _explicit_floor(dtype) -> float:
     return 1e-6 * _eps(dtype) / FLOAT64_EPS
 
 
-def sym_gram(z: torch.Tensor) -> torch.Tensor:
-    """Z Z^T for z (B, m, n). On CPU the product is formed from lower block rows and mirrored (5/8 of the flops
-    of one gemm, as a BLAS syrk does); elsewhere one batched matmul, which a GPU runs faster than many small ones."""
+def sym_gram(z: torch.Tensor | None = None, blocks=None) -> torch.Tensor:
+    """Z Z^T for z (B, m, n), or the sum of Z_c Z_c^T over `blocks`, the column blocks Z_c (B, m, w) of a Z never
+    held whole. On CPU each product is formed from lower block rows and mirrored once at the end (5/8 of the flops
+    of one gemm, as a BLAS syrk does); elsewhere batched matmuls, which a GPU runs faster than many small ones."""
+    g = None
+    for zc in ([z] if blocks is None else blocks):
+        g = _add_gram(zc, g)
+    m = g.shape[-1]
+    if g.device.type != "cpu" or m < 256:
+        return (g + g.transpose(-1, -2)) / 2  # exactly symmetric, as eigh assumes
+    for a, e in _gram_edges(m):
+        g[..., :a, a:e] = g[..., a:e, :a].transpose(-1, -2)
+        d = g[..., a:e, a:e]
+        g[..., a:e, a:e] = (d + d.transpose(-1, -2)) / 2  # a gemm's diagonal block is symmetric only to rounding
+    return g
+
+
+def _gram_edges(m: int, nb: int = 4) -> list[tuple[int, int]]:
+    edges = [round(i * m / nb) for i in range(nb + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _add_gram(z: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+    """g + Z Z^T (g None: a new one); on CPU (m >= 256) the lower block rows only, diagonal blocks whole."""
     m = z.shape[-2]
     if z.device.type != "cpu" or m < 256:
-        g = z @ z.transpose(-1, -2)
-        return (g + g.transpose(-1, -2)) / 2  # exactly symmetric, as eigh assumes
-    nb = 4
-    edges = [round(i * m / nb) for i in range(nb + 1)]
-    g = z.new_empty(z.shape[:-2] + (m, m))
-    for i in range(nb):
-        a, e = edges[i], edges[i + 1]
-        blk = z[..., a:e, :] @ z[..., :e, :].transpose(-1, -2)  # rows a:e against rows 0:e
-        g[..., a:e, :a] = blk[..., :, :a]
-        g[..., :a, a:e] = blk[..., :, :a].transpose(-1, -2)
-        d = blk[..., :, a:e]
-        g[..., a:e, a:e] = (d + d.transpose(-1, -2)) / 2  # a gemm's diagonal block is symmetric only to rounding
+        return z @ z.transpose(-1, -2) if g is None else g.baddbmm_(z, z.transpose(-1, -2))
+    if g is None:
+        g = z.new_empty(z.shape[:-2] + (m, m))
+        for a, e in _gram_edges(m):
+            g[..., a:e, :e] = z[..., a:e, :] @ z[..., :e, :].transpose(-1, -2)  # rows a:e against rows 0:e
+    else:
+        for a, e in _gram_edges(m):
+            g[..., a:e, :e].baddbmm_(z[..., a:e, :], z[..., :e, :].transpose(-1, -2))
     return g
 
 
@@ -275,35 +292,99 @@ def _tme_from_cos(cos: torch.Tensor, alpha: float, normalize: bool, S: int) -> t
     return h
 
 
+CHUNK_BYTES = 32 * 2**20
+"""A state over twice this size in the metric dtype is never held whole: its products run over column blocks of Z
+of about this size, each converted from the model's tensors when used (float64 states of 4,725 OneVision tokens
+would take 130 MiB each, five at a time)."""
+
+
 class State:
     """One state X (..., S, H) of the residual stream and what the metrics need of it, each computed once: the
-    Gram matrix of its smaller side, its singular values (and, on request, singular vectors), eRank and TME."""
+    Gram matrix of its smaller side, its singular values (and, on request, singular vectors), eRank and TME.
 
-    def __init__(self, x: torch.Tensor, dtype: torch.dtype = torch.float64, basis: bool = False):
-        if x.dim() < 2:
-            raise ValueError(f"a state is (..., S, H), got shape {tuple(x.shape)}")
-        self.lead = tuple(x.shape[:-2])
-        self.S, self.H = x.shape[-2:]
-        self.x = x.to(dtype).reshape((-1, self.S, self.H))
+    X is a tensor, or the signed sum of the model's tensors (`terms`, summed left to right in the metric dtype: an
+    update X' - X); a large one (`CHUNK_BYTES`) is converted in column blocks of Z whenever a product needs it,
+    and its Gram is released once decomposed, so no state is held whole in float64."""
+
+    def __init__(self, x: torch.Tensor | None = None, dtype: torch.dtype = torch.float64, basis: bool = False,
+                 terms: tuple | None = None):
+        if terms is None:
+            if x.dim() < 2:
+                raise ValueError(f"a state is (..., S, H), got shape {tuple(x.shape)}")
+            terms = ((1, x),)
+        src = terms[0][1]
+        self.lead = tuple(src.shape[:-2])
+        self.S, self.H = src.shape[-2:]
+        self._terms = tuple((sign, t.reshape((-1, self.S, self.H))) for sign, t in terms)
+        self.B = self._terms[0][1].shape[0]
         self.dtype = dtype
         self.m, self.n = min(self.S, self.H), max(self.S, self.H)
         self.t = self.S > self.H  # the Gram is taken on the smaller side: X^T X when tokens outnumber dimensions
+        size = torch.empty((), dtype=dtype).element_size()
+        self.width = max(1, CHUNK_BYTES // (self.B * self.m * size))  # columns of Z per block
+        self.lazy = self.B * self.m * self.n * size > 2 * CHUNK_BYTES
+        self._x = None if self.lazy else self._block()
         self._want_basis = basis
-        self._gram = self._tok_gram = self._s = self._u = self._exact = None
+        self._gram = self._tok_gram = self._s = self._u = self._exact = self._sqn = None
         self._v: dict[int, torch.Tensor] = {}  # right singular vectors (n, m) of the matrices decomposed by an SVD
         self._tme: dict = {}
+
+    @staticmethod
+    def diff(a: "State", b: "State") -> "State":
+        """The state a - b (an update), in a's dtype."""
+        return State(dtype=a.dtype, terms=a._terms + tuple((-sign, t) for sign, t in b._terms))
+
+    def plus(self, other: "State") -> "State":
+        return State(dtype=self.dtype, terms=self._terms + other._terms)
+
+    def _block(self, cols: slice = slice(None), idx=None) -> torch.Tensor:
+        """X in the metric dtype, restricted to the columns `cols` of Z (tokens when S > H, else dimensions) and
+        the matrices `idx`."""
+        out = None
+        for sign, t in self._terms:
+            v = t[:, cols, :] if self.t else t[:, :, cols]
+            v = (v if idx is None else v[idx]).to(self.dtype)
+            out = (v if sign > 0 else -v) if out is None else (out + v if sign > 0 else out - v)
+        return out
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The whole state (B, S, H) in the metric dtype (built anew each time for a large state)."""
+        return self._x if self._x is not None else self._block()
 
     @property
     def z(self) -> torch.Tensor:
         return self.x.transpose(-1, -2) if self.t else self.x
 
+    def z_of(self, idx) -> torch.Tensor:
+        """Z of the matrix idx (an int) or the matrices idx (an index tensor), whole."""
+        if self._x is not None:
+            return self.z[idx]
+        if isinstance(idx, int):
+            return self.z_of(torch.tensor([idx]))[0]
+        x = self._block(idx=idx)
+        return x.transpose(-1, -2) if self.t else x
+
+    def blocks(self, idx=None):
+        """Z (B, m, n) of the matrices idx in column blocks (B, m, w); one block, Z itself, for a small state."""
+        if not self.lazy:
+            z = self.z
+            yield z if idx is None else z[idx]
+            return
+        for a in range(0, self.n, self.width):
+            v = self._block(slice(a, a + self.width), idx)
+            yield v.transpose(-1, -2) if self.t else v
+
     def gram(self) -> torch.Tensor:
         if self._gram is None:
-            self._gram = sym_gram(self.z)
+            self._gram = sym_gram(blocks=self.blocks())
+            self._sqn = self._gram.diagonal(dim1=-2, dim2=-1).sum(-1)
         return self._gram
 
     def sq_norm(self) -> torch.Tensor:
-        return self.gram().diagonal(dim1=-2, dim2=-1).sum(-1)
+        if self._sqn is None:
+            self.gram()
+        return self._sqn
 
     def _decompose(self, basis: bool):
         g = self.gram()
@@ -312,11 +393,13 @@ class State:
             u = u.flip(-1)
         else:
             lam, u = torch.linalg.eigvalsh(g), None
+        if self.lazy and self.t:  # the Gram of dimensions serves nothing else: let it go
+            self._gram = None
         s = lam.flip(-1).clamp_min(0).sqrt()
         exact = s[:, -1] < _gram_floor(self.dtype) * s[:, 0]
         if bool(exact.any()):
             idx = exact.nonzero().squeeze(1)
-            z = self.z[idx]
+            z = self.z_of(idx)
             if basis:
                 ue, se, vhe = torch.linalg.svd(z, full_matrices=False)
                 u[idx] = ue
@@ -362,23 +445,53 @@ class State:
             self._tok_gram = sym_gram(self.x)
         return self._tok_gram
 
+    def _token_blocks(self):
+        """(first token, X's token rows (B, k, H)) in blocks (a large state with S > H) or whole."""
+        if self.lazy and self.t:
+            for a, z in zip(range(0, self.n, self.width), self.blocks()):
+                yield a, z.transpose(-1, -2)
+        else:
+            yield 0, self.x
+
+    def _last_row_cosines(self) -> torch.Tensor:
+        """Cosines (B, 1, S) of the last token against every token: O(S H), no Gram."""
+        tiny = torch.finfo(self.dtype).tiny
+        if self._gram is not None and not self.t:
+            g, sq = self._gram[:, -1:, :], self._gram.diagonal(dim1=-2, dim2=-1)
+        elif self.lazy and not self.t:  # blocks of dimensions: sums over them
+            g = sq = 0
+            for zc in self.blocks():
+                g = g + zc[:, -1:, :] @ zc.transpose(-1, -2)
+                sq = sq + (zc * zc).sum(-1)
+        else:
+            last = self._block(slice(self.S - 1, self.S)) if self.lazy else self.x[:, -1:, :]
+            gs, sqs = zip(*((last @ xb.transpose(-1, -2), (xb * xb).sum(-1)) for _, xb in self._token_blocks()))
+            g, sq = torch.cat(gs, -1), torch.cat(sqs, -1)
+        return g / (sq[:, -1:, None] * sq[:, None, :]).sqrt().clamp_min(tiny)
+
+    def _mean_row_entropy(self, alpha: float, normalize: bool) -> torch.Tensor:
+        """The mean over token rows of the TME row entropies; for a large state with S > H, rows in blocks (the
+        S x S cosines are never held)."""
+        tiny = torch.finfo(self.dtype).tiny
+        if not (self.lazy and self.t):
+            g = self.token_gram()
+            nrm = g.diagonal(dim1=-2, dim2=-1).sqrt()
+            return _tme_from_cos(g / (nrm[:, :, None] * nrm[:, None, :]).clamp_min(tiny), alpha, normalize, self.S)
+        nrm = torch.cat([(xb * xb).sum(-1) for _, xb in self._token_blocks()], -1).sqrt()
+        total = 0
+        for a, xa in self._token_blocks():
+            g = torch.cat([xa @ xb.transpose(-1, -2) for _, xb in self._token_blocks()], -1)
+            cos = g / (nrm[:, a:a + xa.shape[1], None] * nrm[:, None, :]).clamp_min(tiny)
+            total = total + _tme_from_cos(cos, alpha, normalize, self.S) * xa.shape[1]
+        return total / self.S
+
     def tme(self, alpha: float, rows: str, normalize: bool) -> torch.Tensor:
         key = (alpha, rows, normalize)
         if key not in self._tme:
-            tiny = torch.finfo(self.dtype).tiny
             if rows == "last":
-                if self._gram is not None and not self.t:
-                    g = self._gram[:, -1:, :]
-                    sq = self._gram.diagonal(dim1=-2, dim2=-1)
-                else:  # one row of cosines needs no Gram: O(S H)
-                    g = self.x[:, -1:, :] @ self.x.transpose(-1, -2)
-                    sq = (self.x * self.x).sum(-1)
-                cos = g / (sq[:, -1:, None] * sq[:, None, :]).sqrt().clamp_min(tiny)
+                self._tme[key] = _tme_from_cos(self._last_row_cosines(), alpha, normalize, self.S)
             else:
-                g = self.token_gram()
-                nrm = g.diagonal(dim1=-2, dim2=-1).sqrt()
-                cos = g / (nrm[:, :, None] * nrm[:, None, :]).clamp_min(tiny)
-            self._tme[key] = _tme_from_cos(cos, alpha, normalize, self.S)
+                self._tme[key] = self._mean_row_entropy(alpha, normalize)
         return self._tme[key]
 
     def spec_tme(self, spec: MetricSpec) -> torch.Tensor:
@@ -435,50 +548,72 @@ def _gram_residuals(ref: State, dr: State, rr: torch.Tensor, fi, need_a: bool):
     m, dt = ref.m, ref.dtype
     rmax = int(rr.max())
     lam = ref.s[fi].pow(2)
-    zd, zr = dr.z[fi], ref.z[fi]
-    nd2 = _sq(zd)
     keep = torch.arange(m, device=rr.device) < rr[:, None]
     inv = torch.where(keep & (lam > 0), 1.0 / lam.clamp_min(torch.finfo(dt).tiny), torch.zeros_like(lam))
     tail_s = (lam * ~keep).sum(-1)
     if 2 * rmax < m:  # few kept directions: thin products through Z_ref^T U_r, O(m n r)
-        tail_c, proj_b, proj_a = _thin_terms(ref.u[fi, :, :rmax], zd, zr, dr, fi, keep[:, :rmax], inv[:, :rmax],
-                                             need_a)
+        tail_c, proj_b, proj_a, nd2 = _thin_terms(ref.u[fi, :, :rmax], ref, dr, fi, keep[:, :rmax],
+                                                  inv[:, :rmax], need_a)
         common = tail_s + 2 * tail_c + nd2
         a2 = (common - proj_a).clamp_min(0) if need_a else None
     else:
-        tail_c, proj_b, tail_d = _complete_basis_terms(ref.u[fi], zd, zr, keep, inv, int(rr.min()), need_a)
+        tail_c, proj_b, tail_d, nd2 = _complete_basis_terms(ref.u[fi], ref, dr, fi, keep, inv, int(rr.min()),
+                                                            need_a)
         common = tail_s + 2 * tail_c + nd2
         a2 = (tail_s + 2 * tail_c + tail_d).clamp_min(0) if need_a else None
     return a2, (common - proj_b).clamp_min(0), tail_s + 2 * tail_c.abs() + nd2
 
 
-def _thin_terms(u, zd, zr, dr: State, fi, keep, inv, need_a: bool):
-    """With the r kept directions U_r: (sum_{i>r} u_i^T C u_i, side b's kept part, side a's kept part or None)."""
-    # C U_r = Z_D Z_ref^T U_r, formed as ((U_r^T Z_ref) Z_D^T)^T: a thin right factor against a transposed big
-    # operand takes a slow BLAS path (10-20x), a thin left factor does not
-    cu = ((u.transpose(-1, -2) @ zr) @ zd.transpose(-1, -2)).transpose(-1, -2)
+def _pairs(ref: State, dr: State, fi):
+    """(Z_D, Z_ref) column blocks of the matrices fi, side by side (one pair, the whole Zs, for small states)."""
+    return zip(dr.blocks(fi), ref.blocks(fi))
+
+
+def _thin_terms(u, ref: State, dr: State, fi, keep, inv, need_a: bool):
+    """With the r kept directions U_r: (sum_{i>r} u_i^T C u_i, side b's kept part, side a's kept part or None,
+    ||D||^2), in one pass over the column blocks of Z_D and Z_ref."""
+    ut = u.transpose(-1, -2)
+    use_gram = need_a and dr._gram is not None
+    cu_t = dot = nd2 = pa = 0
+    for zd, zr in _pairs(ref, dr, fi):
+        # C U_r = Z_D Z_ref^T U_r, formed as ((U_r^T Z_ref) Z_D^T)^T: a thin right factor against a transposed big
+        # operand takes a slow BLAS path (10-20x), a thin left factor does not
+        cu_t = cu_t + (ut @ zr) @ zd.transpose(-1, -2)
+        dot = dot + _dot(zd, zr)
+        nd2 = nd2 + _sq(zd)
+        if need_a and not use_gram:
+            pa = pa + (ut @ zd).pow(2).sum(-1)
+    cu = cu_t.transpose(-1, -2)
     head = ((cu * u).sum(-2) * keep).sum(-1)
-    tail_c = _dot(zd, zr) - head  # tr C - sum_{i<=r} u_i^T C u_i
+    tail_c = dot - head  # tr C - sum_{i<=r} u_i^T C u_i
     proj_b = (cu.pow(2).sum(-2) * inv).sum(-1)
     proj_a = None
     if need_a:
-        ud = u.transpose(-1, -2) @ zd if dr._gram is None else None
-        pa = ud.pow(2).sum(-1) if ud is not None else ((dr.gram()[fi] @ u) * u).sum(-2)
+        if use_gram:
+            pa = ((dr.gram()[fi] @ u) * u).sum(-2)
         proj_a = (pa * keep).sum(-1)
-    return tail_c, proj_b, proj_a
+    return tail_c, proj_b, proj_a, nd2
 
 
-def _complete_basis_terms(u, zd, zr, keep, inv, rmin: int, need_a: bool):
+def _complete_basis_terms(u, ref: State, dr: State, fi, keep, inv, rmin: int, need_a: bool):
     """With the complete basis U of the smaller side: (sum_{i>r} u_i^T C u_i, side b's kept part, side a's dropped
-    part or None). I - P_C = U_tail U_tail^T, so the few dropped directions give side a without any subtraction."""
-    cu = (zd @ zr.transpose(-1, -2)) @ u
+    part or None, ||D||^2). I - P_C = U_tail U_tail^T, so the few dropped directions give side a without any
+    subtraction."""
+    c = None
+    nd2 = tail_d = 0
+    u_tail = u[:, :, rmin:].transpose(-1, -2)
+    for zd, zr in _pairs(ref, dr, fi):
+        c = zd @ zr.transpose(-1, -2) if c is None else c.baddbmm_(zd, zr.transpose(-1, -2))
+        nd2 = nd2 + _sq(zd)
+        if need_a:
+            tail_d = tail_d + (u_tail @ zd).pow(2).sum(-1)
+    cu = c @ u
+    del c
     tail_c = ((cu * u).sum(-2) * ~keep).sum(-1)
-    proj_b = (cu.pow(2).sum(-2) * inv).sum(-1)
-    tail_d = None
+    proj_b = (cu.pow_(2).sum(-2) * inv).sum(-1)
     if need_a:
-        ut_zd = u[:, :, rmin:].transpose(-1, -2) @ zd
-        tail_d = (ut_zd.pow(2).sum(-1) * ~keep[:, rmin:]).sum(-1)
-    return tail_c, proj_b, tail_d
+        tail_d = (tail_d * ~keep[:, rmin:]).sum(-1)
+    return tail_c, proj_b, tail_d if need_a else None, nd2
 
 
 def _explicit_residuals(ref: State, out: State, r, redo_a, redo_b, ra2, rb2) -> None:
@@ -486,7 +621,7 @@ def _explicit_residuals(ref: State, out: State, r, redo_a, redo_b, ra2, rb2) -> 
     cancellation) from X' and explicit projectors."""
     for i in (redo_a | redo_b).nonzero().squeeze(1).tolist():
         ri = int(r[i])
-        zy = out.z[i]
+        zy = out.z_of(i)
         u = ref.u[i, :, :ri]
         if bool(redo_a[i]):
             ra2[i] = (zy - u @ (u.transpose(-1, -2) @ zy)).pow(2).sum()
@@ -494,7 +629,7 @@ def _explicit_residuals(ref: State, out: State, r, redo_a, redo_b, ra2, rb2) -> 
             if bool(ref.exact[i]):
                 v = ref.v(i)[:, :ri]
             else:
-                v = (u.transpose(-1, -2) @ ref.z[i]).transpose(-1, -2) / ref.s[i, :ri]
+                v = (u.transpose(-1, -2) @ ref.z_of(i)).transpose(-1, -2) / ref.s[i, :ri]
             rb2[i] = (zy - (zy @ v) @ v.transpose(-1, -2)).pow(2).sum()
 
 
@@ -507,17 +642,17 @@ def _combine(a: torch.Tensor, b: torch.Tensor, how: str) -> torch.Tensor:
 
 
 def _check_pair(a: State, b: State):
-    if (a.S, a.H) != (b.S, b.H) or a.x.shape[0] != b.x.shape[0]:
+    if (a.S, a.H) != (b.S, b.H) or a.B != b.B:
         raise ValueError(f"rid needs equal shapes, got {a.lead + (a.S, a.H)} and {b.lead + (b.S, b.H)}")
 
 
 def _rid(ref: State, out: State, dr: State, spec: MetricSpec) -> dict[str, torch.Tensor]:
     _check_pair(ref, out)
     r = spec.rank.rank(ref.s, ref.n)
+    er_in, er_out = ref.erank(), out.erank()  # X''s spectrum first: a large state's Gram is gone before the residuals
     ra2, rb2, ny2 = _residuals(ref, out, dr, r)
     den = ny2.clamp_min(torch.finfo(ref.dtype).tiny)
     a, b = (ra2 / den).sqrt(), (rb2 / den).sqrt()
-    er_in, er_out = ref.erank(), out.erank()
     dS = (er_out - er_in).abs() / ref.m
     dD = _combine(a, b, spec.dd_combine)
     return {"erank_in": er_in, "erank_out": er_out, "dS": dS, "dD": dD, "rid": dS + dD, "projector_rank": r}
@@ -527,7 +662,7 @@ def state_rid(ref: State, out: State, spec=None) -> dict[str, torch.Tensor]:
     """RID of the state out against the state ref (equal shapes): dS, dD, rid, projector_rank, erank_in, erank_out, each
     (...)."""
     spec = as_spec(spec)
-    m = _rid(ref, out, State(out.x - ref.x, ref.dtype), spec)
+    m = _rid(ref, out, State.diff(out, ref), spec)
     return {k: ref.unflatten(v) for k, v in m.items()}
 
 
@@ -597,12 +732,11 @@ def update_metrics(x: torch.Tensor, dx: torch.Tensor, spec=None, *, reference: t
         raise ValueError(f"update_metrics needs equal shapes, got {tuple(x.shape)} and {tuple(dx.shape)}")
     xs = State(x, dtype, basis=reference is None)
     d = State(dx, dtype)
-    y = State(xs.x + d.x, dtype)
-    y.lead = d.lead = xs.lead
+    y = xs.plus(d)
     if reference is None:
         return measure(xs, xs, y, d, spec)
     ref = State(reference, dtype, basis=True)
-    return measure(ref, xs, y, d, spec, delta_ref=State(y.x - ref.x, dtype))
+    return measure(ref, xs, y, d, spec, delta_ref=State.diff(y, ref))
 
 
 MODULES = ("attention", "ffn")
@@ -626,6 +760,10 @@ class Stream:
         self.counts["built"] += 1
         return State(x, self.dtype, basis=basis)
 
+    def _diff(self, a: State, b: State) -> State:
+        self.counts["built"] += 1
+        return State.diff(a, b)
+
     def layer(self, x_in, x_mid, x_out, modules=MODULES, keep_output: bool = True) -> dict[str, dict]:
         """{module: the metrics of `measure`} for the modules asked, each (B,) for states (B, S, H); keep_output:
         X_out will be the next layer's input (its basis is then computed now and kept)."""
@@ -641,12 +779,12 @@ class Stream:
         s_mid = self._state(x_mid, basis="ffn" in modules and not ffn_on_input)
         res = {}
         if "attention" in modules:
-            res["attention"] = measure(s_in, s_in, s_mid, self._state(s_mid.x - s_in.x), spec)
+            res["attention"] = measure(s_in, s_in, s_mid, self._diff(s_mid, s_in), spec)
         if "ffn" in modules:
             s_out = self._state(x_out, basis=keep_output)
-            d_ffn = self._state(s_out.x - s_mid.x)
+            d_ffn = self._diff(s_out, s_mid)
             if ffn_on_input:
-                res["ffn"] = measure(s_in, s_mid, s_out, d_ffn, spec, delta_ref=self._state(s_out.x - s_in.x))
+                res["ffn"] = measure(s_in, s_mid, s_out, d_ffn, spec, delta_ref=self._diff(s_out, s_in))
             else:
                 res["ffn"] = measure(s_mid, s_mid, s_out, d_ffn, spec)
             if keep_output:
