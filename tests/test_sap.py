@@ -193,3 +193,36 @@ def test_config_validation():
     with pytest.raises(ValueError, match="queries"):
         SAPConfig(queries="all")
     assert "gaussian_noise" in SAPConfig().tag() and math.isclose(SAPConfig().lam, 1.0)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "llava_onevision", "gemma3"])
+def test_raw_resized_complexity_where_an_official_script_defines_it(family, family_lm):
+    """The official LLaVA-1.5 and Qwen scripts score the raw image resized to the tower's input (LLaVA: one region per
+    14 px patch) or to the processor's grid (Qwen: one per merged 28 px group); a tiled or grouped layout has no such
+    script and says so."""
+    from PIL import Image
+
+    from lostattn.sap.distributions import make_guidance
+    from lostattn.tasks.types import VQASample
+
+    lm = family_lm(family)
+    img = Image.fromarray((torch.rand(90, 130, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
+    sample = VQASample(id="x", question="What is it?", answer="a", family="f", kind="short", image=img)
+    inputs = prepare_inputs(lm, [sample])
+    shapes = lm.adapter.layout.raw_resize_shapes(lm, inputs)
+    cfg = SAPConfig(mode="complexity", complexity_source="raw_resized")
+    if family == "llava":
+        h, w = inputs["pixel_values"].shape[-2:]
+        assert shapes == [(h, w, lm.model.config.vision_config.patch_size)]
+    elif family == "qwen2_5_vl":
+        ip = lm.processor.image_processor
+        _, gh, gw = inputs["image_grid_thw"][0].tolist()
+        assert shapes == [(gh * ip.patch_size, gw * ip.patch_size, 2 * ip.patch_size)]
+    else:
+        assert shapes is None
+        with pytest.raises(ValueError, match="raw_resized"):
+            make_guidance(cfg, lm, inputs, ["x"], images=[img])
+        return
+    n_vis = int(lm.adapter.visual_mask(inputs["input_ids"]).sum())
+    guide = make_guidance(cfg, lm, inputs, ["x"], images=[img])[0]
+    assert guide.shape == (n_vis,) and abs(float(guide.sum()) - 1) < 1e-5

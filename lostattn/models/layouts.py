@@ -164,6 +164,11 @@ class _TowerLayout:
     def vision_layers(self, lm):
         return lm.adapter.vision_layers
 
+    def raw_resize_shapes(self, lm, inputs) -> list[tuple[int, int, int]] | None:
+        """Per image (height, width, region size in pixels) of the official scripts' complexity input (the raw
+        image resized, then scored per region), or None where no official script defines one."""
+        return None
+
 
 class GridLayout(_TowerLayout):
     """One tile per image; one token per patch (LLaVA-1.5)."""
@@ -186,6 +191,11 @@ class GridLayout(_TowerLayout):
 
     def patch_size(self, lm) -> int:
         return lm.model.config.vision_config.patch_size
+
+    def raw_resize_shapes(self, lm, inputs) -> list[tuple[int, int, int]] | None:
+        """LLaVA-1.5's script resizes the raw image to the tower's input and scores each patch."""
+        h, w = inputs["pixel_values"].shape[-2:]
+        return [(int(h), int(w), self.patch_size(lm))] * inputs["pixel_values"].shape[0]
 
     def patch_pixels(self, lm, inputs) -> list[torch.Tensor]:
         """Per image (T, P, 3, p, p): each tile's patches in RGB [0, 1]."""
@@ -223,6 +233,9 @@ class AnyresLayout(GridLayout):
     def tiles(self, lm, inputs) -> list[torch.Tensor]:
         return [pv[:n] for pv, n in zip(inputs["pixel_values"], self._num_tiles(lm, inputs))]
 
+    def raw_resize_shapes(self, lm, inputs) -> None:
+        return None  # no official script scores the raw image of a tiled layout
+
     def pack(self, lm, inputs, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         inner = lm.model.model
         feats = [m.float()[..., None] for m in maps]  # (T, P, 1): a one-channel "feature" per patch
@@ -244,6 +257,13 @@ class MergedLayout(_TowerLayout):
 
     def _grids(self, inputs) -> list[tuple[int, int, int]]:
         return [tuple(int(v) for v in g) for g in inputs["image_grid_thw"].tolist()]
+
+    def raw_resize_shapes(self, lm, inputs) -> list[tuple[int, int, int]]:
+        """Qwen's `process_vision_info` resizes the raw image (PIL, bicubic) to the processor's grid (grid_h * patch,
+        grid_w * patch) and the script scores each merged 2x2 group (28 px)."""
+        ip = lm.processor.image_processor
+        return [(gh * ip.patch_size, gw * ip.patch_size, ip.patch_size * ip.merge_size)
+                for _, gh, gw in self._grids(inputs)]
 
     def patch_pixels(self, lm, inputs) -> list[torch.Tensor]:
         """Per image (1, G, 3, 2p, 2p): the pixels of each merged token, rebuilt from the processor's flattened

@@ -71,19 +71,6 @@ def vision_layer_index(lm, which: str) -> int:
     raise ValueError(f"vision layer {which!r} is not 'last' or 'feature'")
 
 
-def _raw_resize_shapes(lm, inputs) -> list[tuple[int, int, int]]:
-    """Per image (height, width, region size in pixels) of the official scripts' complexity input: LLaVA-1.5 resizes
-    the raw image to the tower's input and scores each patch; Qwen's `process_vision_info` resizes it (PIL, bicubic)
-    to the processor's grid (grid_h * patch, grid_w * patch) and scores each merged 2x2 group (28 px)."""
-    layout = lm.adapter.layout
-    if layout.kind == "grid":
-        h, w = inputs["pixel_values"].shape[-2:]
-        return [(int(h), int(w), layout.patch_size(lm))] * inputs["pixel_values"].shape[0]
-    ip = lm.processor.image_processor
-    return [(int(gh) * ip.patch_size, int(gw) * ip.patch_size, ip.patch_size * ip.merge_size)
-            for _, gh, gw in inputs["image_grid_thw"].tolist()]
-
-
 def token_scores(cfg, lm, inputs, images=None) -> list[torch.Tensor]:
     """Per sample, one raw score per visual token for the image-based modes (before the softmax)."""
     layout = lm.adapter.layout
@@ -91,11 +78,11 @@ def token_scores(cfg, lm, inputs, images=None) -> list[torch.Tensor]:
         maps = layout.received_attention(lm, inputs, vision_layer_index(lm, cfg.vis_layer))
         return [_fill_newlines(s) for s in layout.pack(lm, inputs, maps)]
     if cfg.complexity_source == "raw_resized":
-        if layout.kind not in ("grid", "merged") or images is None:
+        shapes = layout.raw_resize_shapes(lm, inputs)
+        if shapes is None or images is None:
             raise ValueError("complexity_source='raw_resized' (the official LLaVA-1.5 and Qwen scripts) needs the raw "
                              "images and a one-grid or merged layout (llava, qwen2_vl, qwen2_5_vl); use 'processed'")
-        maps = [patch_complexity(resized_raw_patches(im, h, w, p))[None]
-                for im, (h, w, p) in zip(images, _raw_resize_shapes(lm, inputs))]
+        maps = [patch_complexity(resized_raw_patches(im, h, w, p))[None] for im, (h, w, p) in zip(images, shapes)]
     else:
         maps = [torch.stack([patch_complexity(t) for t in tiles]) for tiles in layout.patch_pixels(lm, inputs)]
     return [min_max(_fill_newlines(s)) for s in layout.pack(lm, inputs, maps)]
