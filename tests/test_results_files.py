@@ -204,6 +204,17 @@ def test_a_prompt_longer_than_the_context_is_refused_naming_the_sample(lm, sampl
     assert len(_lines(out)) == 2  # the sample before it is kept, nothing was scored for it
 
 
+def test_analyze_refuses_a_prompt_longer_than_the_context_naming_the_sample(lm, samples):
+    from lostattn.residual.analysis import residual_metrics, rope_baseline
+
+    long = dataclasses.replace(samples[1], id="too-long", question="Which colour? " * 200)
+    for run in (residual_metrics, rope_baseline):
+        with pytest.raises(ValueError, match=r"sample too-long: its prompt is \d+ tokens .*context of 256 tokens holds"):
+            run(lm, [samples[0], long], layers=[1], batch_size=2, progress=False)
+    fits = dataclasses.replace(samples[1], id="fits", question="Which colour? " * 20)
+    assert len(residual_metrics(lm, [fits], layers=[1], conditions=("vanilla",), progress=False)) == 2
+
+
 def test_a_full_disk_names_the_file_being_written_and_keeps_the_records(lm, samples, tmp_path, monkeypatch):
     import errno
     from pathlib import Path

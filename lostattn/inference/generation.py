@@ -11,22 +11,8 @@ from contextlib import nullcontext
 
 import torch
 
-from lostattn.models.prompts import load_images, prepare_inputs
+from lostattn.models.prompts import load_images, prepare_inputs, refuse_overlong
 from lostattn.inference.protocols import Protocol, get_protocol
-
-
-def refuse_overlong(lm, samples, inputs) -> None:
-    """Refuse, naming the sample, a prompt (image tokens included) longer than the model's context: its positions
-    beyond the context were never trained (or are cut), and its reply would be scored as if nothing were wrong. A
-    reply is not counted against the context: generation stops at the end-of-text token long before most limits."""
-    limit = getattr(lm.adapter.text_config, "max_position_embeddings", None)
-    if not limit or "attention_mask" not in inputs:
-        return
-    for s, n in zip(samples, inputs["attention_mask"].sum(1).tolist()):
-        if n >= limit:
-            raise ValueError(f"sample {s.id}: its prompt is {n} tokens (the image's included), more than the "
-                             f"model's context of {limit} tokens leaves room for; shorten the question or leave the "
-                             f"sample out")
 
 
 def _generate(lm, samples, protocol: Protocol, sap_cfg, blind: bool, images) -> list[str]:

@@ -56,3 +56,19 @@ def prepare_inputs(lm, samples, blind: bool = False, protocol=None, images=None)
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(lm.model.dtype)
     return inputs
+
+
+def refuse_overlong(lm, samples, inputs, reply: bool = True) -> None:
+    """Refuse, naming the sample, a prompt (image tokens included) longer than the model's context: its positions
+    beyond the context were never trained (or are cut), and its reply or its residual stream would be read as if
+    nothing were wrong. `reply`: the prompt must leave room for at least one generated token (a reply is not counted
+    against the context beyond that: generation stops at the end-of-text token long before most limits)."""
+    limit = getattr(lm.adapter.text_config, "max_position_embeddings", None)
+    if not limit or "attention_mask" not in inputs:
+        return
+    for s, n in zip(samples, inputs["attention_mask"].sum(1).tolist()):
+        if n > limit - int(reply):
+            room = "leaves room for" if reply else "holds"
+            raise ValueError(f"sample {s.id}: its prompt is {n} tokens (the image's included), more than the "
+                             f"model's context of {limit} tokens {room}; shorten the question, give the model a "
+                             f"smaller image (the processor's max_pixels / image size) or leave the sample out")

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from lostattn.residual.capture import SCOPES, LayerCapture, ResidualCapture, no_rope, token_masks
 from lostattn.residual.controls import NOISE_CONDITIONS, NOISE_PRESETS, control
 from lostattn.residual.metrics import State, Stream, as_spec, state_rid
-from lostattn.models.prompts import prepare_inputs
+from lostattn.models.prompts import prepare_inputs, refuse_overlong
 
 CONDITION_MODULES = {"vanilla": ("attention", "ffn"), "noise_delta": ("attention",), "noise_qkv": ("attention",),
                      "noise_ffn": ("ffn",)}
@@ -129,6 +129,7 @@ def residual_metrics(lm, samples, layers: list[int] | None = None, scopes=("all"
     bar = tqdm(total=len(samples) * len(conditions), desc="residual metrics", disable=not progress)
     for batch in _batches(samples, batch_size):
         inputs = prepare_inputs(lm, batch)
+        refuse_overlong(lm, batch, inputs, reply=False)
         masks = token_masks(lm, inputs)
         ids = [s.id for s in batch]
         for condition in conditions:
@@ -153,6 +154,7 @@ def rope_baseline(lm, samples, layers: list[int] | None = None, scopes=("all",),
     rows: list[dict] = []
     for batch in tqdm(list(_batches(samples, batch_size)), desc="eps_RoPE", disable=not progress):
         inputs = prepare_inputs(lm, batch)
+        refuse_overlong(lm, batch, inputs, reply=False)
         masks = token_masks(lm, inputs)
         groups = _groups(masks, scopes)
         base: dict[int, torch.Tensor] = {}
