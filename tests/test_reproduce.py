@@ -208,11 +208,16 @@ def test_an_out_dir_holding_foreign_files_is_refused_and_left_alone(tmp_path, mo
     assert (mine / "thesis.tex").read_text() == "years of work" and (mine / "drafts" / "a.txt").is_file()
 
 
-def test_only_the_projects_files_are_removed_when_a_cell_starts_afresh(tmp_path, monkeypatch):
+def _layer_curves_into_out(tmp_path, monkeypatch):
+    """A profile that runs 11_layer_curves into tmp_path/out: (out, the profile's data, its file)."""
     monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
     out = tmp_path / "out"
     data = {"notebooks": {"11_layer_curves": {"out_dir": str(out)}}, "run": ["11_layer_curves"]}
-    cfg = write_profile(tmp_path, data)
+    return out, data, write_profile(tmp_path, data)
+
+
+def test_only_the_projects_files_are_removed_when_a_cell_starts_afresh(tmp_path, monkeypatch):
+    out, data, cfg = _layer_curves_into_out(tmp_path, monkeypatch)
     calls = []
     monkeypatch.setattr(rp, "run_notebook", fake_run(calls))
     assert rp.reproduce("mine", config=str(cfg), build_book=False) == 0
@@ -245,10 +250,7 @@ def test_only_the_projects_files_are_removed_when_a_cell_starts_afresh(tmp_path,
 
 
 def test_user_files_written_during_or_after_a_run_are_never_removed(tmp_path, monkeypatch):
-    monkeypatch.setattr(profiles, "RESULTS_DIR", tmp_path / "results")
-    out = tmp_path / "out"
-    data = {"notebooks": {"11_layer_curves": {"out_dir": str(out)}}, "run": ["11_layer_curves"]}
-    cfg = write_profile(tmp_path, data)
+    out, data, cfg = _layer_curves_into_out(tmp_path, monkeypatch)
     calls = []
     table_and_notes = fake_run(calls)
 
