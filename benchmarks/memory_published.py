@@ -3,6 +3,7 @@ same model on the same input measured in the same run.
 
     python benchmarks/memory_published.py                      # the default cases (a few minutes on 2 CPU cores)
     python benchmarks/memory_published.py --families qwen2_5_vl --photo 2000x1500
+    python benchmarks/memory_published.py --families qwen2_5_vl --steps vis_enc_attn --vis-photo 4000x3000 --append
 
 Each model is built with the real transformers classes from the published configuration (`random_checkpoints`,
 size "published": hidden sizes, heads, KV heads, vision towers and processor settings of llava-1.5-7b,

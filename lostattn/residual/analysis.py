@@ -15,7 +15,10 @@ The forwards compute the logits of the last position only (`logits_to_keep=1`): 
 stream, and the full-vocabulary logits (1.3 GiB per sample for OneVision-7B at 1024x768 in bfloat16) would be
 dropped unread.
 Metrics are computed per sample on the tokens of a scope (all, visual, text; padding never counts), samples with
-equally many tokens batched together, each state's spectrum and TME reused along the stream (`Stream`).
+equally many tokens batched together, each state's spectrum and TME reused along the stream (`Stream`), in float64;
+a state over 64 MiB in float64 is never held whole (its products run over blocks converted from the model's
+tensors, `lostattn.residual.metrics.CHUNK_BYTES`), so the metrics of one layer of OneVision-7B at 4,760 tokens add
+about 0.7 GiB, not 1.4.
 
 Every row records the metric spec's name (`spec`) and the controls' preset (`controls`), and carries both MixIG
 variants: `mixig_state` = TME(X') - TME(X) and `mixig_delta` = TME(dX) - TME(X), with `mixig` the one the spec
