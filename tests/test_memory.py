@@ -81,6 +81,28 @@ def test_redrawn_weights_wait_in_a_file_and_come_back_exactly(dtype):
     keeper.restore()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_redraw_rounds_the_float32_draw_into_the_weights_dtype(dtype):
+    """The noise goes into the weight without a rounded copy in between (one float32 tensor at a time): the official
+    draw N(mean, population std) in float32 from a generator seeded 42, the "decoder_layers" one randn * std + mean,
+    each rounded to the weight's dtype as `.to` rounds."""
+    w = torch.randn(64, 48, generator=torch.Generator().manual_seed(1)).mul_(0.02).add_(0.001).to(dtype)
+    w0 = w.clone()
+    controls._redraw_official(w, 42)
+    f = w0.float()
+    want = torch.empty(w.shape).normal_(float(f.mean()), float(f.std(unbiased=False)),
+                                        generator=torch.Generator().manual_seed(42))
+    assert torch.equal(w, want.to(dtype))
+    zero = torch.zeros(8, 8, dtype=dtype)
+    controls._redraw_official(zero, 42)  # std 0 becomes 1e-6
+    want = torch.empty(8, 8).normal_(0.0, float(torch.tensor(1e-6)), generator=torch.Generator().manual_seed(42))
+    assert torch.equal(zero, want.to(dtype))
+    w = w0.clone()
+    controls._redraw_ours(w, torch.Generator().manual_seed(3))
+    want = torch.randn(w.shape, generator=torch.Generator().manual_seed(3)) * f.std() + f.mean()
+    assert torch.equal(w, want.to(dtype))
+
+
 def test_a_redraw_that_fails_half_way_restores_what_it_changed(monkeypatch):
     m = _toy(torch.float32)
     params = [(n, p) for n, p in m.named_parameters() if n.endswith("weight")]

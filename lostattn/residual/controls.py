@@ -160,21 +160,27 @@ def _ours_parameters(lm, layers, part) -> list[tuple[str, nn.Parameter]]:
 
 # --- redrawing ------------------------------------------------------------------------------------------------------
 
+# A redraw holds one float32 tensor of the weight's size at a time (its statistics' copy, then the noise, which
+# `copy_` rounds into the weight's dtype as `.to` would): 4 bytes a parameter on top of the weights, not 10.
+
 def _redraw_official(p: torch.Tensor, seed: int) -> None:
     pf = p.detach().float()
-    mean, std = pf.mean(), pf.std(unbiased=False)
-    if float(std) == 0.0:
-        std = torch.tensor(1e-6)
+    mean, std = float(pf.mean()), float(pf.std(unbiased=False))
+    del pf
+    if std == 0.0:
+        std = float(torch.tensor(1e-6))
     g = torch.Generator(device=p.device).manual_seed(seed)
-    noise = torch.empty(p.shape, dtype=torch.float32, device=p.device).normal_(float(mean), float(std), generator=g)
-    p.copy_(noise.to(p.dtype))
+    noise = torch.empty(p.shape, dtype=torch.float32, device=p.device).normal_(mean, std, generator=g)
+    p.copy_(noise)
 
 
 def _redraw_ours(p: torch.Tensor, gen: torch.Generator) -> None:
     pf = p.detach().float()
-    std = pf.std() if p.numel() > 1 else torch.tensor(0.0)
-    noise = torch.randn(p.shape, generator=gen) * std.cpu() + pf.mean().cpu()
-    p.copy_(noise.to(p.device, p.dtype))
+    std = (pf.std() if p.numel() > 1 else torch.tensor(0.0)).cpu()
+    mean = pf.mean().cpu()
+    del pf
+    noise = torch.randn(p.shape, generator=gen)
+    p.copy_(noise.mul_(std).add_(mean))
 
 
 class _Originals:
