@@ -19,7 +19,8 @@ included. The steps:
   (eager attention in the model's dtype, every layer);
 - vis_enc_attn: the guide alone (the vision tower with the attention of its read layer accumulated in chunks).
 
-Time: wall and CPU seconds of the step; `repeats` interleaved repetitions of the plain forward against SDPA and
+Each row names its `run`; `runs` holds each run's provenance (versions, git commit), taken when it starts, so rows
+added with --append keep the code that measured them. Time: wall and CPU seconds of the step; `repeats` interleaved repetitions of the plain forward against SDPA and
 official eager (prefill, vanilla) give min, median and spread of the eager / SDPA ratio.
 """
 from __future__ import annotations
@@ -200,7 +201,9 @@ def main(argv=None) -> int:
     from lostattn.provenance import provenance
 
     run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    rows = json.loads(Path(a.out).read_text())["rows"] if a.append and Path(a.out).is_file() else []
+    old = json.loads(Path(a.out).read_text()) if a.append and Path(a.out).is_file() else {}
+    rows = old.get("rows", [])
+    runs = {**old.get("runs", {}), run: provenance()}  # each run's code, taken when it starts
     steps = ["analyze"] + [f"eval_{proto}_{m}" for proto in ("controlled", "official") for m in MODES] + ["timing"]
     if a.steps:
         steps = [s for s in a.steps.split(",") if s != "plain"]
@@ -224,7 +227,7 @@ def main(argv=None) -> int:
                 result = {"what": "peak resident memory and time at the published widths, 2 decoder layers, random "
                                   "weights, each step in a fresh process, as ratios to a plain forward "
                                   "(logits_to_keep=1) measured in the same run", "dtype": a.dtype, "depth": a.depth,
-                          "threads": a.threads, "rows": rows, "provenance": provenance()}
+                          "threads": a.threads, "rows": rows, "runs": runs}
                 Path(a.out).write_text(json.dumps(result, indent=2) + "\n")  # after every row: a stop loses little
     print(f"wrote {a.out}")
     return 0
