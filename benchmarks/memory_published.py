@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,13 +35,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _process import add_child_arguments, answer, reset_peak, run_child, vm  # noqa: E402
 
 FAMILIES = ("qwen2_5_vl", "llava", "llava_onevision")
 MODES = ("gaussian_noise", "vis_enc_attn", "complexity")
-
-
-def _vm(field: str) -> float:
-    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
 
 
 def build(family: str, depth: int, dtype):
@@ -92,7 +88,6 @@ def child(a) -> dict:
     from lostattn.models.prompts import prepare_inputs
     from lostattn.residual.analysis import residual_metrics
     from lostattn.sap.distributions import make_guidance
-    from lostattn.sap.replace import attention_arithmetic
     from lostattn.tasks.types import VQASample
 
     torch.set_num_threads(a.threads)
@@ -128,15 +123,11 @@ def child(a) -> dict:
         return timing(lm, inputs, a.repeats, n_vis)
     else:
         raise ValueError(f"unknown step {what!r}")
-    import gc
-
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set: the build does not count
-    before = _vm("VmRSS")
+    before = reset_peak()  # the build does not count
     t, c = time.perf_counter(), time.process_time()
     step()
     return {"family": a.family, "photo": a.photo, "step": what, "visual_tokens": n_vis, "weights_mib": weights_mib,
-            "rss_before_mib": before, "peak_rss_mib": _vm("VmHWM"), "wall_s": time.perf_counter() - t,
+            "rss_before_mib": before, "peak_rss_mib": vm("VmHWM"), "wall_s": time.perf_counter() - t,
             "cpu_s": time.process_time() - c}
 
 
@@ -169,13 +160,9 @@ def timing(lm, inputs, repeats: int, n_vis: int) -> dict:
 
 
 def measure(family: str, photo_size: str, what: str, a) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--family", family, "--photo", photo_size, "--what", what,
-           "--depth", str(a.depth), "--dtype", a.dtype, "--threads", str(a.threads), "--repeats", str(a.repeats)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(f"{family} {what} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    args = ["--family", family, "--photo", photo_size, "--what", what, "--depth", str(a.depth), "--dtype", a.dtype,
+            "--threads", str(a.threads), "--repeats", str(a.repeats)]
+    return run_child(__file__, args, f"{family} {what}")
 
 
 def main(argv=None) -> int:
@@ -190,12 +177,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", default=None, help="comma-separated steps (default: all); plain always runs first")
     p.add_argument("--append", action="store_true", help="add this run's rows to those already in --out")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memory_published.json"))
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--family", help=argparse.SUPPRESS)
-    p.add_argument("--what", help=argparse.SUPPRESS)
+    add_child_arguments(p, "family", "what")
     a = p.parse_args(argv)
-    if a.child:
-        print(json.dumps(child(a)))
+    if answer(a, child):
         return 0
 
     from lostattn.provenance import provenance

@@ -15,25 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def _vm(field: str) -> float:
-    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+from _process import add_child_arguments, answer, reset_peak, run_child, vm  # noqa: E402
 
 
 def child(a) -> dict:
-    import gc
-
     import torch
 
     from lostattn.residual import metrics
@@ -48,14 +42,12 @@ def child(a) -> dict:
     mid = x + 0.3 * torch.randn(1, S, H, generator=g)
     out = mid + 0.3 * torch.tanh(mid[..., torch.randperm(H, generator=g)])
     x, mid, out = (t.bfloat16() for t in (x, mid, out))
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _vm("VmRSS")
+    before = reset_peak()
     t, c = time.perf_counter(), time.process_time()
     res = metrics.Stream(a.spec).layer(x, mid, out, keep_output=False)
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     values = {f"{m}.{k}": float(v[0]) for m, r in res.items() for k, v in r.items()}
-    return {"extra_peak_mib": _vm("VmHWM") - before, "wall_s": wall, "cpu_s": cpu, "values": values,
+    return {"extra_peak_mib": vm("VmHWM") - before, "wall_s": wall, "cpu_s": cpu, "values": values,
             "state_float64_mib": S * H * 8 / 2**20}
 
 
@@ -72,28 +64,21 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--specs", default="official,paper_text")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "metrics_blocks.json"))
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--variant", help=argparse.SUPPRESS)
-    p.add_argument("--spec", help=argparse.SUPPRESS)
+    add_child_arguments(p, "variant", "spec")
     a = p.parse_args(argv)
-    if a.child:
-        print(json.dumps(child(a)))
+    if answer(a, child):
         return 0
 
     from lostattn.provenance import provenance
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     rows = []
     for spec in a.specs.split(","):
         runs = {"whole": [], "blocks": []}
         for _ in range(a.repeats):
             for variant in runs:
-                cmd = [sys.executable, __file__, "--child", "--variant", variant, "--spec", spec, "--tokens",
-                       str(a.tokens), "--hidden", str(a.hidden), "--threads", str(a.threads)]
-                done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if done.returncode != 0:
-                    raise RuntimeError(f"{spec} {variant} failed:\n{done.stderr[-3000:]}")
-                runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                args = ["--variant", variant, "--spec", spec, "--tokens", str(a.tokens), "--hidden", str(a.hidden),
+                        "--threads", str(a.threads)]
+                runs[variant].append(run_child(__file__, args, f"{spec} {variant}"))
         w, b = runs["whole"], runs["blocks"]
         row = {"spec": spec, "tokens": a.tokens, "hidden": a.hidden, "state_float64_mib": w[0]["state_float64_mib"]}
         for variant, rs in runs.items():
