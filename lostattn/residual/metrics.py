@@ -320,7 +320,7 @@ class State:
         self.dtype = dtype
         self.m, self.n = min(self.S, self.H), max(self.S, self.H)
         self.t = self.S > self.H  # the Gram is taken on the smaller side: X^T X when tokens outnumber dimensions
-        size = torch.empty((), dtype=dtype).element_size()
+        size = dtype.itemsize
         self.width = max(1, CHUNK_BYTES // (self.B * self.m * size))  # columns of Z per block
         self.lazy = self.B * self.m * self.n * size > 2 * CHUNK_BYTES
         self._x = None if self.lazy else self._block()
@@ -649,7 +649,7 @@ def _check_pair(a: State, b: State):
 def _rid(ref: State, out: State, dr: State, spec: MetricSpec) -> dict[str, torch.Tensor]:
     _check_pair(ref, out)
     r = spec.rank.rank(ref.s, ref.n)
-    er_in, er_out = ref.erank(), out.erank()  # X''s spectrum first: a large state's Gram is gone before the residuals
+    er_in, er_out = ref.erank(), out.erank()  # spectra first: a large state's Gram is gone before the residuals
     ra2, rb2, ny2 = _residuals(ref, out, dr, r)
     den = ny2.clamp_min(torch.finfo(ref.dtype).tiny)
     a, b = (ra2 / den).sqrt(), (rb2 / den).sqrt()
