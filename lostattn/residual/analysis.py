@@ -18,7 +18,7 @@ Metrics are computed per sample on the tokens of a scope (all, visual, text; pad
 equally many tokens batched together, each state's spectrum and TME reused along the stream (`Stream`), in float64;
 a state over 64 MiB in float64 is never held whole (its products run over blocks converted from the model's
 tensors, `lostattn.residual.metrics.CHUNK_BYTES`), so the metrics of one layer of OneVision-7B at 4,760 tokens add
-about 0.7 GiB, not 1.4.
+about 0.5 GiB, not 1.5 (`benchmarks/metrics_blocks.py`).
 
 Every row records the metric spec's name (`spec`) and the controls' preset (`controls`), and carries both MixIG
 variants: `mixig_state` = TME(X') - TME(X) and `mixig_delta` = TME(dX) - TME(X), with `mixig` the one the spec
